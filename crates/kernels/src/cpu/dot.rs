@@ -1,0 +1,324 @@
+//! Dot products of one weight row (raw GGUF block bytes) with one row of 8-bit activations,
+//! each in a portable version and an AVX2 version that the matmul picks at run time.
+//!
+//! Block layouts (ggml): Q4_0 = f16 d, 16 bytes of nibbles, value (q - 8) * d;
+//! Q4_1 = f16 d, f16 m, 16 bytes of nibbles, value q * d + m; Q8_0 = f16 d, 32 i8, value q * d.
+//! In the nibble formats the low nibbles are elements 0..16 and the high nibbles 16..32.
+
+use super::q8::{BlockQ8, QK};
+use half::f16;
+
+pub const Q4_0_BYTES: usize = 18;
+pub const Q4_1_BYTES: usize = 20;
+pub const Q8_0_BYTES: usize = 34;
+
+#[inline(always)]
+fn f16_at(b: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+/// The weight formats with an integer dot product against [`BlockQ8`] activations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QuantKind {
+    Q4_0,
+    Q4_1,
+    Q8_0,
+}
+
+impl QuantKind {
+    pub fn block_bytes(self) -> usize {
+        match self {
+            QuantKind::Q4_0 => Q4_0_BYTES,
+            QuantKind::Q4_1 => Q4_1_BYTES,
+            QuantKind::Q8_0 => Q8_0_BYTES,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Portable versions: the same integer arithmetic as the SIMD ones, one element at a time.
+
+pub fn dot_q4_0_portable(row: &[u8], x: &[BlockQ8]) -> f32 {
+    let mut sum = 0f32;
+    for (b, xb) in row.chunks_exact(Q4_0_BYTES).zip(x) {
+        let qs = &b[2..18];
+        let mut acc = 0i32;
+        for j in 0..QK / 2 {
+            acc += (qs[j] & 0x0F) as i32 * xb.qs[j] as i32;
+            acc += (qs[j] >> 4) as i32 * xb.qs[j + QK / 2] as i32;
+        }
+        sum += f16_at(b, 0) * xb.d * (acc - 8 * xb.isum) as f32;
+    }
+    sum
+}
+
+pub fn dot_q4_1_portable(row: &[u8], x: &[BlockQ8]) -> f32 {
+    let mut sum = 0f32;
+    for (b, xb) in row.chunks_exact(Q4_1_BYTES).zip(x) {
+        let qs = &b[4..20];
+        let mut acc = 0i32;
+        for j in 0..QK / 2 {
+            acc += (qs[j] & 0x0F) as i32 * xb.qs[j] as i32;
+            acc += (qs[j] >> 4) as i32 * xb.qs[j + QK / 2] as i32;
+        }
+        sum += f16_at(b, 0) * xb.d * acc as f32 + f16_at(b, 2) * xb.d * xb.isum as f32;
+    }
+    sum
+}
+
+pub fn dot_q8_0_portable(row: &[u8], x: &[BlockQ8]) -> f32 {
+    let mut sum = 0f32;
+    for (b, xb) in row.chunks_exact(Q8_0_BYTES).zip(x) {
+        let acc: i32 = b[2..34]
+            .iter()
+            .zip(&xb.qs)
+            .map(|(&w, &v)| w as i8 as i32 * v as i32)
+            .sum();
+        sum += f16_at(b, 0) * xb.d * acc as f32;
+    }
+    sum
+}
+
+pub fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums, so the result does not depend on the SIMD width chosen.
+    let mut acc = [0f32; 8];
+    let chunks = a.len() / 8;
+    for i in 0..chunks {
+        for k in 0..8 {
+            acc[k] += a[i * 8 + k] * b[i * 8 + k];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in chunks * 8..a.len() {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2 versions.
+
+#[cfg(target_arch = "x86_64")]
+pub mod avx2 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let lo = _mm256_castps256_ps128(v);
+        let hi = _mm256_extractf128_ps(v, 1);
+        let s = _mm_add_ps(lo, hi);
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        _mm_cvtss_f32(s)
+    }
+
+    /// The 16 packed bytes as 32 unsigned nibbles in element order.
+    #[inline(always)]
+    unsafe fn unpack_nibbles(p: *const u8) -> __m256i {
+        let raw = _mm_loadu_si128(p as *const __m128i);
+        let mask = _mm_set1_epi8(0x0F);
+        let lo = _mm_and_si128(raw, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+        _mm256_set_m128i(hi, lo)
+    }
+
+    /// Sum of u8 x i8 products as eight i32 lanes converted to f32.
+    #[inline(always)]
+    unsafe fn dot_u8_i8(w: __m256i, x: __m256i) -> __m256 {
+        let p16 = _mm256_maddubs_epi16(w, x);
+        _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `row` holds `x.len()` Q4_0 blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4_0(row: &[u8], x: &[BlockQ8]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let mut offs = 0f32;
+        for (b, xb) in row.chunks_exact(Q4_0_BYTES).zip(x) {
+            let d = f16_at(b, 0) * xb.d;
+            let w = unpack_nibbles(b.as_ptr().add(2));
+            let xq = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), dot_u8_i8(w, xq), acc);
+            offs += d * (8 * xb.isum) as f32;
+        }
+        hsum(acc) - offs
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `row` holds `x.len()` Q4_1 blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q4_1(row: &[u8], x: &[BlockQ8]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        let mut offs = 0f32;
+        for (b, xb) in row.chunks_exact(Q4_1_BYTES).zip(x) {
+            let w = unpack_nibbles(b.as_ptr().add(4));
+            let xq = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0) * xb.d), dot_u8_i8(w, xq), acc);
+            offs += f16_at(b, 2) * xb.d * xb.isum as f32;
+        }
+        hsum(acc) + offs
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; `row` holds `x.len()` Q8_0 blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_q8_0(row: &[u8], x: &[BlockQ8]) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        for (b, xb) in row.chunks_exact(Q8_0_BYTES).zip(x) {
+            let w = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
+            let xq = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
+            // maddubs wants one unsigned operand: move the weight's sign onto the activation.
+            let prod = dot_u8_i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xq, w));
+            acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0) * xb.d), prod, acc);
+        }
+        hsum(acc)
+    }
+
+    /// # Safety
+    /// The CPU must support AVX2 and FMA; `a` and `b` have the same length.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let chunks = n / 8;
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = _mm256_setzero_ps();
+        for i in 0..chunks {
+            acc = _mm256_fmadd_ps(
+                _mm256_loadu_ps(pa.add(i * 8)),
+                _mm256_loadu_ps(pb.add(i * 8)),
+                acc,
+            );
+        }
+        let mut s = hsum(acc);
+        for i in chunks * 8..n {
+            s += a[i] * b[i];
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::cpu::q8::quantize_row;
+
+    /// A tiny deterministic generator: tests need fresh-looking values, not a dependency.
+    pub(crate) struct Rng(u64);
+    impl Rng {
+        pub(crate) fn new(seed: u64) -> Rng {
+            Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+        }
+        pub(crate) fn next_u32(&mut self) -> u32 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 32) as u32
+        }
+        /// Uniform in [-1, 1).
+        pub(crate) fn f32(&mut self) -> f32 {
+            (self.next_u32() as f32 / u32::MAX as f32) * 2.0 - 1.0
+        }
+    }
+
+    pub(crate) fn random_blocks(kind: QuantKind, n_blocks: usize, rng: &mut Rng) -> Vec<u8> {
+        let mut out = Vec::new();
+        for _ in 0..n_blocks {
+            let d = f16::from_f32(0.01 + 0.05 * rng.f32().abs()).to_le_bytes();
+            out.extend_from_slice(&d);
+            if kind == QuantKind::Q4_1 {
+                out.extend_from_slice(&f16::from_f32(-0.2 * rng.f32().abs()).to_le_bytes());
+            }
+            let payload = if kind == QuantKind::Q8_0 { 32 } else { 16 };
+            out.extend((0..payload).map(|_| rng.next_u32() as u8));
+        }
+        out
+    }
+
+    /// The plain reference: dequantize each element from the ggml formula, multiply in f32.
+    pub(crate) fn dequantize(kind: QuantKind, row: &[u8]) -> Vec<f32> {
+        let mut out = Vec::new();
+        for b in row.chunks_exact(kind.block_bytes()) {
+            let d = f16_at(b, 0);
+            match kind {
+                QuantKind::Q8_0 => out.extend(b[2..].iter().map(|&q| q as i8 as f32 * d)),
+                QuantKind::Q4_0 | QuantKind::Q4_1 => {
+                    let (qs, m) = if kind == QuantKind::Q4_0 {
+                        (&b[2..], -8.0 * d)
+                    } else {
+                        (&b[4..], f16_at(b, 2))
+                    };
+                    out.extend(qs.iter().map(|&q| (q & 0x0F) as f32 * d + m));
+                    out.extend(qs.iter().map(|&q| (q >> 4) as f32 * d + m));
+                }
+            }
+        }
+        out
+    }
+
+    fn check(kind: QuantKind, portable: fn(&[u8], &[BlockQ8]) -> f32) {
+        let mut rng = Rng::new(kind as u64 + 7);
+        for n_blocks in [1usize, 2, 7, 18, 48] {
+            let row = random_blocks(kind, n_blocks, &mut rng);
+            let x: Vec<f32> = (0..n_blocks * QK).map(|_| rng.f32()).collect();
+            let mut xq = vec![BlockQ8::default(); n_blocks];
+            quantize_row(&x, &mut xq);
+            let w = dequantize(kind, &row);
+            let exact: f32 = w.iter().zip(&x).map(|(a, b)| a * b).sum();
+            let abs_sum: f32 = w.iter().zip(&x).map(|(a, b)| (a * b).abs()).sum();
+            let got = portable(&row, &xq);
+            // Activation rounding moves each product by at most |w| * d_x / 2 (~0.4% of |x|).
+            let bound = 0.01 * abs_sum + 1e-4;
+            assert!(
+                (got - exact).abs() <= bound,
+                "{kind:?} portable {got} vs {exact}"
+            );
+            #[cfg(target_arch = "x86_64")]
+            if crate::cpu::Features::get().avx2_fma {
+                let simd = unsafe {
+                    match kind {
+                        QuantKind::Q4_0 => avx2::dot_q4_0(&row, &xq),
+                        QuantKind::Q4_1 => avx2::dot_q4_1(&row, &xq),
+                        QuantKind::Q8_0 => avx2::dot_q8_0(&row, &xq),
+                    }
+                };
+                // Same integer sums; only the order of float additions differs.
+                assert!(
+                    (simd - got).abs() <= 1e-4 * abs_sum + 1e-5,
+                    "{kind:?} avx2 {simd} vs portable {got}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn q4_0_matches_reference() {
+        check(QuantKind::Q4_0, dot_q4_0_portable);
+    }
+
+    #[test]
+    fn q4_1_matches_reference() {
+        check(QuantKind::Q4_1, dot_q4_1_portable);
+    }
+
+    #[test]
+    fn q8_0_matches_reference() {
+        check(QuantKind::Q8_0, dot_q8_0_portable);
+    }
+
+    #[test]
+    fn f32_dot_matches_naive_sum() {
+        let mut rng = Rng::new(3);
+        for n in [1usize, 8, 13, 576, 1000] {
+            let a: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
+            let b: Vec<f32> = (0..n).map(|_| rng.f32()).collect();
+            let naive: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * *y as f64).sum();
+            assert!((dot_f32_portable(&a, &b) as f64 - naive).abs() < 1e-4);
+            #[cfg(target_arch = "x86_64")]
+            if crate::cpu::Features::get().avx2_fma {
+                assert!((unsafe { avx2::dot_f32(&a, &b) } as f64 - naive).abs() < 1e-4);
+            }
+        }
+    }
+}

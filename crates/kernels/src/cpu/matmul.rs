@@ -1,0 +1,332 @@
+//! `y = x W^T` for a weight matrix stored row by row in one of the model file formats, over
+//! a batch of activation rows, split across the thread pool by output rows.
+
+use super::dot::{self, QuantKind};
+use super::pool::ThreadPool;
+use super::q8::{quantize_row, BlockQ8, QK};
+use super::Features;
+use half::{bf16, f16};
+
+/// How the bytes of each weight row are laid out.
+#[derive(Clone, Copy, Debug)]
+pub enum WeightFormat {
+    /// Blocks with an integer dot product against 8-bit activations.
+    Quant(QuantKind),
+    F32,
+    F16,
+    BF16,
+    /// Any other block format: each row is expanded to f32 first (correct, not fast).
+    Blocks {
+        block_elems: usize,
+        block_bytes: usize,
+        dequantize: fn(&[u8], &mut [f32]),
+    },
+}
+
+impl WeightFormat {
+    /// Bytes of one row of `cols` elements, or None when `cols` does not fill whole blocks.
+    pub fn row_bytes(&self, cols: usize) -> Option<usize> {
+        let (elems, bytes) = match *self {
+            WeightFormat::Quant(k) => (QK, k.block_bytes()),
+            WeightFormat::F32 => (1, 4),
+            WeightFormat::F16 | WeightFormat::BF16 => (1, 2),
+            WeightFormat::Blocks {
+                block_elems,
+                block_bytes,
+                ..
+            } => (block_elems, block_bytes),
+        };
+        (cols % elems == 0).then(|| cols / elems * bytes)
+    }
+}
+
+/// A borrowed weight matrix: `rows` outputs, each a row of `cols` inputs.
+#[derive(Clone, Copy, Debug)]
+pub struct WeightView<'a> {
+    pub format: WeightFormat,
+    pub data: &'a [u8], // (rows, row_bytes)
+    pub rows: usize,
+    pub cols: usize,
+}
+
+impl<'a> WeightView<'a> {
+    /// Checks that `data` holds exactly `rows` rows of `cols` elements.
+    pub fn new(
+        format: WeightFormat,
+        data: &'a [u8],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, String> {
+        let row_bytes = format
+            .row_bytes(cols)
+            .ok_or_else(|| format!("{cols} columns is not a whole number of {format:?} blocks"))?;
+        match row_bytes.checked_mul(rows) {
+            Some(n) if n == data.len() => Ok(WeightView {
+                format,
+                data,
+                rows,
+                cols,
+            }),
+            _ => Err(format!(
+                "{rows} x {cols} {format:?} weights need {row_bytes} x {rows} bytes, found {}",
+                data.len()
+            )),
+        }
+    }
+
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        let rb = self.data.len() / self.rows.max(1);
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
+    /// Row `r` expanded to f32 into `out` (length `cols`).
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let src = self.row(r);
+        match self.format {
+            WeightFormat::F32 => {
+                for (o, c) in out.iter_mut().zip(src.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
+                }
+            }
+            WeightFormat::F16 => {
+                for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
+                    *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            WeightFormat::BF16 => {
+                for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
+                    *o = bf16::from_le_bytes([c[0], c[1]]).to_f32();
+                }
+            }
+            WeightFormat::Blocks { dequantize, .. } => dequantize(src, out),
+            WeightFormat::Quant(kind) => dequantize_quant(kind, src, out),
+        }
+    }
+}
+
+fn dequantize_quant(kind: QuantKind, src: &[u8], out: &mut [f32]) {
+    for (b, o) in src
+        .chunks_exact(kind.block_bytes())
+        .zip(out.chunks_exact_mut(QK))
+    {
+        let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
+        match kind {
+            QuantKind::Q8_0 => {
+                for (o, &q) in o.iter_mut().zip(&b[2..34]) {
+                    *o = q as i8 as f32 * d;
+                }
+            }
+            QuantKind::Q4_0 | QuantKind::Q4_1 => {
+                let (qs, m) = match kind {
+                    QuantKind::Q4_0 => (&b[2..18], -8.0 * d),
+                    _ => (&b[4..20], f16::from_le_bytes([b[2], b[3]]).to_f32()),
+                };
+                for j in 0..QK / 2 {
+                    o[j] = (qs[j] & 0x0F) as f32 * d + m;
+                    o[j + QK / 2] = (qs[j] >> 4) as f32 * d + m;
+                }
+            }
+        }
+    }
+}
+
+/// A raw pointer that threads may share because each writes disjoint elements.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// # Safety
+    /// `i` is in bounds and no other thread writes element `i` during the same job.
+    #[inline(always)]
+    unsafe fn write(&self, i: usize, v: f32) {
+        *self.0.add(i) = v;
+    }
+}
+
+/// Output rows handled together, so one tile of weights stays in L1 across the batch.
+const ROW_TILE: usize = 8;
+
+/// `y[t, r] = sum_k x[t, k] * W[r, k]` for `n` activation rows.
+/// `x` is (n, cols) and `y` is (n, rows), both row-major.
+pub fn matmul(pool: &ThreadPool, w: &WeightView, x: &[f32], n: usize, y: &mut [f32]) {
+    matmul_with(pool, Features::get(), w, x, n, y)
+}
+
+/// [`matmul`] with the instruction sets given explicitly (tests compare the paths).
+pub fn matmul_with(
+    pool: &ThreadPool,
+    feat: Features,
+    w: &WeightView,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) {
+    assert_eq!(x.len(), n * w.cols, "matmul: x is not (n, cols)");
+    assert_eq!(y.len(), n * w.rows, "matmul: y is not (n, rows)");
+    let out = SharedOut(y.as_mut_ptr());
+    let rows = w.rows;
+    match w.format {
+        WeightFormat::Quant(kind) => {
+            let blocks = w.cols / QK;
+            let mut xq = vec![BlockQ8::default(); n * blocks];
+            for (xr, qr) in x
+                .chunks_exact(w.cols)
+                .zip(xq.chunks_exact_mut(blocks.max(1)))
+            {
+                quantize_row(xr, qr);
+            }
+            let dot = pick_quant_dot(kind, feat);
+            pool.for_ranges(rows, ROW_TILE, |range| {
+                for tile_start in range.clone().step_by(ROW_TILE) {
+                    let tile = tile_start..(tile_start + ROW_TILE).min(range.end);
+                    for t in 0..n {
+                        let xt = &xq[t * blocks..(t + 1) * blocks];
+                        for r in tile.clone() {
+                            // SAFETY: each (t, r) is written by exactly one thread.
+                            unsafe { out.write(t * rows + r, dot(w.row(r), xt)) };
+                        }
+                    }
+                }
+            });
+        }
+        _ => {
+            let dot = pick_f32_dot(feat);
+            pool.for_ranges(rows, ROW_TILE, |range| {
+                let mut wrow = vec![0f32; w.cols];
+                for r in range {
+                    w.dequantize_row(r, &mut wrow);
+                    for t in 0..n {
+                        let v = dot(&wrow, &x[t * w.cols..(t + 1) * w.cols]);
+                        // SAFETY: each (t, r) is written by exactly one thread.
+                        unsafe { out.write(t * rows + r, v) };
+                    }
+                }
+            });
+        }
+    }
+}
+
+type QuantDot = fn(&[u8], &[BlockQ8]) -> f32;
+
+fn pick_quant_dot(kind: QuantKind, feat: Features) -> QuantDot {
+    #[cfg(target_arch = "x86_64")]
+    if feat.avx2_fma {
+        // SAFETY (all three): chosen only when the CPU has AVX2, FMA and F16C.
+        return match kind {
+            QuantKind::Q4_0 => |r, x| unsafe { dot::avx2::dot_q4_0(r, x) },
+            QuantKind::Q4_1 => |r, x| unsafe { dot::avx2::dot_q4_1(r, x) },
+            QuantKind::Q8_0 => |r, x| unsafe { dot::avx2::dot_q8_0(r, x) },
+        };
+    }
+    let _ = feat;
+    match kind {
+        QuantKind::Q4_0 => dot::dot_q4_0_portable,
+        QuantKind::Q4_1 => dot::dot_q4_1_portable,
+        QuantKind::Q8_0 => dot::dot_q8_0_portable,
+    }
+}
+
+fn pick_f32_dot(feat: Features) -> fn(&[f32], &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if feat.avx2_fma {
+        // SAFETY: chosen only when the CPU has AVX2 and FMA.
+        return |a, b| unsafe { dot::avx2::dot_f32(a, b) };
+    }
+    let _ = feat;
+    dot::dot_f32_portable
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::dot::tests::{dequantize, random_blocks, Rng};
+
+    fn reference(w: &[f32], x: &[f32], rows: usize, cols: usize, n: usize) -> Vec<f32> {
+        let mut y = vec![0f32; n * rows];
+        for t in 0..n {
+            for r in 0..rows {
+                y[t * rows + r] = (0..cols).map(|k| x[t * cols + k] * w[r * cols + k]).sum();
+            }
+        }
+        y
+    }
+
+    #[test]
+    fn quantized_matmul_matches_reference_on_every_path() {
+        let pool = ThreadPool::new(3);
+        let mut rng = Rng::new(11);
+        for kind in [QuantKind::Q4_0, QuantKind::Q4_1, QuantKind::Q8_0] {
+            for (rows, cols, n) in [(1, 32, 1), (19, 64, 3), (67, 576, 5)] {
+                let data = random_blocks(kind, rows * cols / QK, &mut rng);
+                let wf = dequantize(kind, &data);
+                let x: Vec<f32> = (0..n * cols).map(|_| rng.f32()).collect();
+                let want = reference(&wf, &x, rows, cols, n);
+                let view = WeightView::new(WeightFormat::Quant(kind), &data, rows, cols).unwrap();
+                for feat in [Features::PORTABLE, Features::get()] {
+                    let mut y = vec![f32::NAN; n * rows];
+                    matmul_with(&pool, feat, &view, &x, n, &mut y);
+                    for (i, (g, e)) in y.iter().zip(&want).enumerate() {
+                        // 8-bit activations: about 0.4% of the sum of |products| per element.
+                        let scale: f32 = (0..cols)
+                            .map(|k| (x[(i / rows) * cols + k] * wf[(i % rows) * cols + k]).abs())
+                            .sum();
+                        assert!(
+                            (g - e).abs() <= 0.01 * scale + 1e-4,
+                            "{kind:?} {feat:?} [{i}]: {g} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn float_formats_match_reference() {
+        let pool = ThreadPool::new(2);
+        let mut rng = Rng::new(5);
+        let (rows, cols, n) = (13, 40, 4);
+        let wf: Vec<f32> = (0..rows * cols).map(|_| rng.f32()).collect();
+        let x: Vec<f32> = (0..n * cols).map(|_| rng.f32()).collect();
+        let cases: [(WeightFormat, Vec<u8>, Vec<f32>); 3] = [
+            (
+                WeightFormat::F32,
+                wf.iter().flat_map(|v| v.to_le_bytes()).collect(),
+                wf.clone(),
+            ),
+            (
+                WeightFormat::F16,
+                wf.iter()
+                    .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                wf.iter().map(|v| f16::from_f32(*v).to_f32()).collect(),
+            ),
+            (
+                WeightFormat::BF16,
+                wf.iter()
+                    .flat_map(|v| bf16::from_f32(*v).to_le_bytes())
+                    .collect(),
+                wf.iter().map(|v| bf16::from_f32(*v).to_f32()).collect(),
+            ),
+        ];
+        for (format, bytes, rounded) in cases {
+            let want = reference(&rounded, &x, rows, cols, n);
+            let view = WeightView::new(format, &bytes, rows, cols).unwrap();
+            for feat in [Features::PORTABLE, Features::get()] {
+                let mut y = vec![f32::NAN; n * rows];
+                matmul_with(&pool, feat, &view, &x, n, &mut y);
+                for (g, e) in y.iter().zip(&want) {
+                    assert!((g - e).abs() < 1e-4, "{format:?}: {g} vs {e}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn wrong_sizes_are_reported() {
+        assert!(WeightView::new(WeightFormat::Quant(QuantKind::Q4_1), &[0; 20], 1, 33).is_err());
+        assert!(WeightView::new(WeightFormat::Quant(QuantKind::Q4_1), &[0; 19], 1, 32).is_err());
+        assert!(WeightView::new(WeightFormat::F16, &[0; 8], 2, 2).is_ok());
+    }
+}

@@ -1,0 +1,116 @@
+//! The small per-token operations of a transformer layer: RMSNorm, RoPE, SwiGLU, softmax.
+
+/// `out = x / rms(x) * weight`, with the mean of squares taken in f64 against cancellation.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let ms = x.iter().map(|v| (*v as f64) * (*v as f64)).sum::<f64>() / x.len() as f64;
+    let scale = (1.0 / (ms + eps as f64).sqrt()) as f32;
+    for ((o, v), w) in out.iter_mut().zip(x).zip(weight) {
+        *o = v * scale * w;
+    }
+}
+
+/// How a rotary embedding pairs the dimensions of a head.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Hugging Face: dimension i rotates with i + d/2.
+    Halves,
+    /// GGUF files (llama.cpp's converter permuted Q and K rows): 2i rotates with 2i + 1.
+    Adjacent,
+}
+
+/// The cos/sin table of one position: `inv_freq[i] = theta^(-2i/rot_dims)`.
+pub fn rope_inv_freq(theta: f32, rot_dims: usize) -> Vec<f32> {
+    (0..rot_dims / 2)
+        .map(|i| 1.0 / (theta as f64).powf(2.0 * i as f64 / rot_dims as f64) as f32)
+        .collect()
+}
+
+/// Rotates each head of `x` (n_heads * head_dim values) for position `pos` in place.
+pub fn rope(x: &mut [f32], head_dim: usize, pos: usize, inv_freq: &[f32], style: RopeStyle) {
+    let half = inv_freq.len();
+    for head in x.chunks_exact_mut(head_dim) {
+        for (i, f) in inv_freq.iter().enumerate() {
+            // Angles in f64: positions up to 1e5 times frequencies near 1 lose digits in f32.
+            let (sin, cos) = (pos as f64 * *f as f64).sin_cos();
+            let (sin, cos) = (sin as f32, cos as f32);
+            let (a, b) = match style {
+                RopeStyle::Halves => (i, i + half),
+                RopeStyle::Adjacent => (2 * i, 2 * i + 1),
+            };
+            let (x0, x1) = (head[a], head[b]);
+            head[a] = x0 * cos - x1 * sin;
+            head[b] = x0 * sin + x1 * cos;
+        }
+    }
+}
+
+/// `gate = silu(gate) * up`, in place.
+pub fn swiglu(gate: &mut [f32], up: &[f32]) {
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// Softmax in place; returns nothing useful for an empty slice.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_of_constant_is_weight() {
+        let mut out = [0f32; 4];
+        rms_norm(&[3.0; 4], &[1.0, 2.0, 3.0, 4.0], 0.0, &mut out);
+        assert_eq!(out, [1.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn rope_styles_agree_after_the_gguf_row_permutation() {
+        // GGUF row h*d + 2i holds HF row h*d + i, and 2i + 1 holds d/2 + i.
+        let d = 8;
+        let hf: Vec<f32> = (0..d).map(|i| i as f32 * 0.3 - 1.0).collect();
+        let mut gg = vec![0f32; d];
+        for i in 0..d / 2 {
+            gg[2 * i] = hf[i];
+            gg[2 * i + 1] = hf[d / 2 + i];
+        }
+        let f = rope_inv_freq(10000.0, d);
+        let mut a = hf.clone();
+        rope(&mut a, d, 17, &f, RopeStyle::Halves);
+        rope(&mut gg, d, 17, &f, RopeStyle::Adjacent);
+        for i in 0..d / 2 {
+            assert!((gg[2 * i] - a[i]).abs() < 1e-6 && (gg[2 * i + 1] - a[d / 2 + i]).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn rope_at_position_zero_is_identity_and_preserves_norm() {
+        let f = rope_inv_freq(10000.0, 4);
+        let mut x = vec![1.0, 2.0, 3.0, 4.0];
+        rope(&mut x, 4, 0, &f, RopeStyle::Halves);
+        assert_eq!(x, vec![1.0, 2.0, 3.0, 4.0]);
+        rope(&mut x, 4, 12345, &f, RopeStyle::Halves);
+        let n: f32 = x.iter().map(|v| v * v).sum();
+        assert!((n - 30.0).abs() < 1e-3);
+    }
+
+    #[test]
+    fn softmax_sums_to_one() {
+        let mut x = vec![1.0, 2.0, 3.0, -1e9];
+        softmax(&mut x);
+        assert!((x.iter().sum::<f32>() - 1.0).abs() < 1e-6);
+        assert!(x[3] == 0.0 && x[2] > x[1]);
+    }
+}
