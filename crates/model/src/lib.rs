@@ -1,1 +1,13 @@
+//! Llama-family models on the CPU: configuration, weights, the forward pass, the KV cache,
+//! sampling and the generation loop.
 
+pub mod config;
+pub mod kv_cache;
+pub mod llama;
+pub mod sampler;
+pub mod weights;
+
+pub use config::ModelConfig;
+pub use kv_cache::{KvCache, SeqId};
+pub use llama::{BatchToken, ForwardError, Llama};
+pub use sampler::{Sampler, SamplingParams};

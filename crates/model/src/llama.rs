@@ -1,0 +1,420 @@
+//! The Llama forward pass on the CPU, read top to bottom like the paper: embed, then per layer
+//! attention and a SwiGLU MLP around RMSNorms with residual adds, then the final norm and the
+//! output projection. Batches hold tokens of any number of sequences at any positions.
+
+use crate::config::ModelConfig;
+use crate::kv_cache::{KvCache, SeqId};
+use crate::weights::Matrix;
+use kernels::cpu::ops::{rms_norm, rope, rope_inv_freq, softmax, swiglu};
+use kernels::cpu::{matmul, ThreadPool};
+
+pub struct Layer {
+    pub attn_norm: Vec<f32>, // (hidden)
+    pub q_proj: Matrix,      // (n_heads * head_dim, hidden)
+    pub k_proj: Matrix,      // (n_kv_heads * head_dim, hidden)
+    pub v_proj: Matrix,      // (n_kv_heads * head_dim, hidden)
+    pub o_proj: Matrix,      // (hidden, n_heads * head_dim)
+    /// Present in some Llama-family checkpoints (attention_bias = true).
+    pub qkv_bias: Option<[Vec<f32>; 3]>,
+    pub ffn_norm: Vec<f32>, // (hidden)
+    pub gate_proj: Matrix,  // (intermediate, hidden)
+    pub up_proj: Matrix,    // (intermediate, hidden)
+    pub down_proj: Matrix,  // (hidden, intermediate)
+}
+
+pub struct Llama {
+    pub config: ModelConfig,
+    pub embed_tokens: Matrix, // (n_vocab, hidden)
+    pub layers: Vec<Layer>,
+    pub norm: Vec<f32>, // (hidden)
+    /// None when tied to `embed_tokens`.
+    pub lm_head: Option<Matrix>, // (n_vocab, hidden)
+    inv_freq: Vec<f32>, // (rope_dims / 2)
+}
+
+/// One token of a batch: which sequence, at which position, and whether to return its logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchToken {
+    pub token: u32,
+    pub seq: SeqId,
+    pub pos: usize,
+    pub logits: bool,
+}
+
+#[derive(Debug)]
+pub enum ForwardError {
+    TokenOutOfRange { token: u32, n_vocab: usize },
+    ContextExceeded { pos: usize, max_context: usize },
+    Cache(crate::kv_cache::CacheError),
+}
+
+impl std::fmt::Display for ForwardError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ForwardError::TokenOutOfRange { token, n_vocab } => write!(
+                f,
+                "token id {token} has no embedding (the model has {n_vocab} rows); the tokenizer knows tokens the model was not trained on"
+            ),
+            ForwardError::ContextExceeded { pos, max_context } => write!(
+                f,
+                "position {pos} is past the model's context length of {max_context} tokens"
+            ),
+            ForwardError::Cache(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ForwardError {}
+
+impl From<crate::kv_cache::CacheError> for ForwardError {
+    fn from(e: crate::kv_cache::CacheError) -> Self {
+        ForwardError::Cache(e)
+    }
+}
+
+/// Per-call activations, (n_tokens, width) each.
+struct Scratch {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    out: Vec<f32>,
+}
+
+impl Llama {
+    /// Assembles a model from loaded weights, checking every shape against the config.
+    pub fn new(
+        config: ModelConfig,
+        embed_tokens: Matrix,
+        layers: Vec<Layer>,
+        norm: Vec<f32>,
+        lm_head: Option<Matrix>,
+    ) -> Result<Llama, String> {
+        config.validate()?;
+        let c = &config;
+        embed_tokens.expect_shape(c.n_vocab, c.hidden)?;
+        if let Some(h) = &lm_head {
+            h.expect_shape(c.n_vocab, c.hidden)?;
+        }
+        if layers.len() != c.n_layers {
+            return Err(format!(
+                "model has {} layers, the config says {}",
+                layers.len(),
+                c.n_layers
+            ));
+        }
+        let vec_len = |name: &str, v: &[f32], n: usize| {
+            if v.len() == n {
+                Ok(())
+            } else {
+                Err(format!(
+                    "tensor '{name}' has {} values, expected {n}",
+                    v.len()
+                ))
+            }
+        };
+        vec_len("norm", &norm, c.hidden)?;
+        for (i, l) in layers.iter().enumerate() {
+            vec_len(&format!("layer {i} attention norm"), &l.attn_norm, c.hidden)?;
+            vec_len(&format!("layer {i} ffn norm"), &l.ffn_norm, c.hidden)?;
+            l.q_proj.expect_shape(c.q_dim(), c.hidden)?;
+            l.k_proj.expect_shape(c.kv_dim(), c.hidden)?;
+            l.v_proj.expect_shape(c.kv_dim(), c.hidden)?;
+            l.o_proj.expect_shape(c.hidden, c.q_dim())?;
+            l.gate_proj.expect_shape(c.intermediate, c.hidden)?;
+            l.up_proj.expect_shape(c.intermediate, c.hidden)?;
+            l.down_proj.expect_shape(c.hidden, c.intermediate)?;
+            if let Some([bq, bk, bv]) = &l.qkv_bias {
+                vec_len(&format!("layer {i} q bias"), bq, c.q_dim())?;
+                vec_len(&format!("layer {i} k bias"), bk, c.kv_dim())?;
+                vec_len(&format!("layer {i} v bias"), bv, c.kv_dim())?;
+            }
+        }
+        let inv_freq = rope_inv_freq(c.rope_theta, c.rope_dims);
+        Ok(Llama {
+            config,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+        })
+    }
+
+    pub fn new_cache(&self, max_tokens: usize) -> KvCache {
+        KvCache::new(self.config.n_layers, self.config.kv_dim(), max_tokens)
+    }
+
+    /// Bytes of weights read to decode one token (every matrix once, one embedding row).
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let layers: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                [
+                    &l.q_proj,
+                    &l.k_proj,
+                    &l.v_proj,
+                    &l.o_proj,
+                    &l.gate_proj,
+                    &l.up_proj,
+                    &l.down_proj,
+                ]
+                .iter()
+                .map(|m| m.size_bytes())
+                .sum::<usize>()
+            })
+            .sum();
+        let head = self
+            .lm_head
+            .as_ref()
+            .unwrap_or(&self.embed_tokens)
+            .size_bytes();
+        layers + head + self.embed_tokens.size_bytes() / self.config.n_vocab
+    }
+
+    /// Runs the batch, storing its keys and values in `cache`, and returns the logits of the
+    /// tokens marked `logits`, in batch order: (n_marked, n_vocab).
+    ///
+    /// Each sequence's positions must continue where its cache ends (or rewrite from a
+    /// position the caller truncated to), in increasing order within the batch.
+    pub fn forward(
+        &self,
+        batch: &[BatchToken],
+        cache: &mut KvCache,
+        pool: &ThreadPool,
+    ) -> Result<Vec<f32>, ForwardError> {
+        let c = &self.config;
+        let n = batch.len();
+        for t in batch {
+            if t.token as usize >= c.n_vocab {
+                return Err(ForwardError::TokenOutOfRange {
+                    token: t.token,
+                    n_vocab: c.n_vocab,
+                });
+            }
+            if t.pos >= c.max_context {
+                return Err(ForwardError::ContextExceeded {
+                    pos: t.pos,
+                    max_context: c.max_context,
+                });
+            }
+        }
+        self.reserve_positions(batch, cache)?;
+
+        let mut s = Scratch {
+            x: vec![0.0; n * c.hidden],
+            h: vec![0.0; n * c.hidden],
+            q: vec![0.0; n * c.q_dim()],
+            k: vec![0.0; n * c.kv_dim()],
+            v: vec![0.0; n * c.kv_dim()],
+            attn: vec![0.0; n * c.q_dim()],
+            gate: vec![0.0; n * c.intermediate],
+            up: vec![0.0; n * c.intermediate],
+            out: vec![0.0; n * c.hidden],
+        };
+        let embed = self.embed_tokens.view();
+        for (t, x) in batch.iter().zip(s.x.chunks_exact_mut(c.hidden)) {
+            embed.dequantize_row(t.token as usize, x);
+        }
+
+        for (li, layer) in self.layers.iter().enumerate() {
+            // ---- attention ----
+            for (x, h) in
+                s.x.chunks_exact(c.hidden)
+                    .zip(s.h.chunks_exact_mut(c.hidden))
+            {
+                rms_norm(x, &layer.attn_norm, c.rms_eps, h);
+            }
+            matmul(pool, &layer.q_proj.view(), &s.h, n, &mut s.q);
+            matmul(pool, &layer.k_proj.view(), &s.h, n, &mut s.k);
+            matmul(pool, &layer.v_proj.view(), &s.h, n, &mut s.v);
+            if let Some([bq, bk, bv]) = &layer.qkv_bias {
+                add_bias(&mut s.q, bq);
+                add_bias(&mut s.k, bk);
+                add_bias(&mut s.v, bv);
+            }
+            for (i, t) in batch.iter().enumerate() {
+                let q = &mut s.q[i * c.q_dim()..(i + 1) * c.q_dim()];
+                let k = &mut s.k[i * c.kv_dim()..(i + 1) * c.kv_dim()];
+                self.rope_heads(q, t.pos);
+                self.rope_heads(k, t.pos);
+                cache.write(
+                    t.seq,
+                    li,
+                    t.pos,
+                    k,
+                    &s.v[i * c.kv_dim()..(i + 1) * c.kv_dim()],
+                )?;
+            }
+            self.attention(li, batch, cache, &s.q, &mut s.attn, pool)?;
+            matmul(pool, &layer.o_proj.view(), &s.attn, n, &mut s.out);
+            add_in_place(&mut s.x, &s.out);
+
+            // ---- MLP ----
+            for (x, h) in
+                s.x.chunks_exact(c.hidden)
+                    .zip(s.h.chunks_exact_mut(c.hidden))
+            {
+                rms_norm(x, &layer.ffn_norm, c.rms_eps, h);
+            }
+            matmul(pool, &layer.gate_proj.view(), &s.h, n, &mut s.gate);
+            matmul(pool, &layer.up_proj.view(), &s.h, n, &mut s.up);
+            swiglu(&mut s.gate, &s.up);
+            matmul(pool, &layer.down_proj.view(), &s.gate, n, &mut s.out);
+            add_in_place(&mut s.x, &s.out);
+        }
+
+        // ---- output ----
+        let marked: Vec<usize> = (0..n).filter(|&i| batch[i].logits).collect();
+        let mut h = vec![0f32; marked.len() * c.hidden];
+        for (&i, out) in marked.iter().zip(h.chunks_exact_mut(c.hidden)) {
+            rms_norm(
+                &s.x[i * c.hidden..(i + 1) * c.hidden],
+                &self.norm,
+                c.rms_eps,
+                out,
+            );
+        }
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
+        let mut logits = vec![0f32; marked.len() * c.n_vocab];
+        matmul(pool, &head.view(), &h, marked.len(), &mut logits);
+        Ok(logits)
+    }
+
+    /// Grows each sequence's cache to cover the batch's positions before any layer runs, so a
+    /// full cache fails the whole batch up front instead of half-way through.
+    fn reserve_positions(
+        &self,
+        batch: &[BatchToken],
+        cache: &mut KvCache,
+    ) -> Result<(), ForwardError> {
+        let mut seqs: Vec<(SeqId, usize)> = Vec::new();
+        for t in batch {
+            match seqs.iter_mut().find(|(s, _)| *s == t.seq) {
+                Some(e) => e.1 = e.1.max(t.pos + 1),
+                None => seqs.push((t.seq, t.pos + 1)),
+            }
+        }
+        for (seq, end) in seqs {
+            let len = cache.seq_len(seq)?;
+            let first = batch
+                .iter()
+                .filter(|t| t.seq == seq)
+                .map(|t| t.pos)
+                .min()
+                .unwrap_or(len);
+            if first > len {
+                return Err(crate::kv_cache::CacheError::Gap {
+                    seq,
+                    expected: len,
+                    got: first,
+                }
+                .into());
+            }
+            if first < len {
+                cache.truncate(seq, first)?;
+            }
+            cache.append(seq, end - first)?;
+        }
+        Ok(())
+    }
+
+    fn rope_heads(&self, x: &mut [f32], pos: usize) {
+        let c = &self.config;
+        if c.rope_dims == c.head_dim {
+            rope(x, c.head_dim, pos, &self.inv_freq, c.rope_style);
+        } else {
+            for head in x.chunks_exact_mut(c.head_dim) {
+                rope(
+                    &mut head[..c.rope_dims],
+                    c.rope_dims,
+                    pos,
+                    &self.inv_freq,
+                    c.rope_style,
+                );
+            }
+        }
+    }
+
+    /// Causal grouped-query attention of every (token, head) over its sequence's cache.
+    fn attention(
+        &self,
+        layer: usize,
+        batch: &[BatchToken],
+        cache: &KvCache,
+        q: &[f32],       // (n, n_heads * head_dim)
+        out: &mut [f32], // (n, n_heads * head_dim)
+        pool: &ThreadPool,
+    ) -> Result<(), ForwardError> {
+        let c = &self.config;
+        let hd = c.head_dim;
+        let group = c.n_heads / c.n_kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let views = batch
+            .iter()
+            .map(|t| cache.view(t.seq))
+            .collect::<Result<Vec<_>, _>>()?;
+        let out_ptr = SharedSlice(out.as_mut_ptr());
+        pool.for_ranges(batch.len() * c.n_heads, 1, |range| {
+            let mut scores = Vec::new();
+            let mut acc = vec![0f32; hd];
+            let mut kbuf = vec![0f32; hd];
+            for job in range {
+                let (i, head) = (job / c.n_heads, job % c.n_heads);
+                let t = &batch[i];
+                let view = &views[i];
+                let kvh = head / group;
+                let qh = &q[i * c.q_dim() + head * hd..][..hd];
+                scores.clear();
+                for p in 0..=t.pos {
+                    let k = &view.key(layer, p)[kvh * hd..(kvh + 1) * hd];
+                    for (d, s) in kbuf.iter_mut().zip(k) {
+                        *d = s.to_f32();
+                    }
+                    scores.push(kernels::cpu::dot::dot_f32_portable(qh, &kbuf) * scale);
+                }
+                softmax(&mut scores);
+                acc.fill(0.0);
+                for (p, w) in scores.iter().enumerate() {
+                    let v = &view.value(layer, p)[kvh * hd..(kvh + 1) * hd];
+                    for (a, s) in acc.iter_mut().zip(v) {
+                        *a += w * s.to_f32();
+                    }
+                }
+                // SAFETY: job (i, head) owns this disjoint stretch of `out`.
+                unsafe { out_ptr.write(i * c.q_dim() + head * hd, &acc) };
+            }
+        });
+        Ok(())
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SharedSlice(*mut f32);
+unsafe impl Send for SharedSlice {}
+unsafe impl Sync for SharedSlice {}
+
+impl SharedSlice {
+    /// # Safety
+    /// `at..at + v.len()` is in bounds and written by no other thread during the job.
+    unsafe fn write(&self, at: usize, v: &[f32]) {
+        std::ptr::copy_nonoverlapping(v.as_ptr(), self.0.add(at), v.len());
+    }
+}
+
+fn add_in_place(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+fn add_bias(x: &mut [f32], bias: &[f32]) {
+    for row in x.chunks_exact_mut(bias.len()) {
+        add_in_place(row, bias);
+    }
+}

@@ -1,0 +1,311 @@
+//! Choosing the next token from logits with Hugging Face `generate` semantics: repetition
+//! penalty, then temperature, top-k, top-p and typical-p filtering, then a seeded draw.
+
+/// Sampling settings; the neutral value of each filter turns it off.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplingParams {
+    /// false: greedy (argmax), whatever the other settings say.
+    pub do_sample: bool,
+    pub temperature: f32,
+    /// 0: off.
+    pub top_k: usize,
+    /// 1.0: off.
+    pub top_p: f32,
+    /// 1.0: off.
+    pub typical_p: f32,
+    /// 1.0: off. HF's CTRL-style penalty over prompt and generated tokens.
+    pub repetition_penalty: f32,
+    /// 0.0: off. OpenAI-style: minus `penalty * count` for generated tokens.
+    pub frequency_penalty: f32,
+    /// 0.0: off. OpenAI-style: minus `penalty` once a token has been generated.
+    pub presence_penalty: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParams {
+            do_sample: false,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            typical_p: 1.0,
+            repetition_penalty: 1.0,
+            frequency_penalty: 0.0,
+            presence_penalty: 0.0,
+            seed: 0,
+        }
+    }
+}
+
+/// xoshiro256** seeded through SplitMix64: small, fast, and the same stream on every platform,
+/// so a seed reproduces a text exactly.
+#[derive(Clone, Debug)]
+pub struct Rng([u64; 4]);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        let mut z = seed;
+        let mut next = || {
+            z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut x = z;
+            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            x ^ (x >> 31)
+        };
+        Rng([next(), next(), next(), next()])
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let s = &mut self.0;
+        let result = s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = s[1] << 17;
+        s[2] ^= s[0];
+        s[3] ^= s[1];
+        s[1] ^= s[2];
+        s[0] ^= s[3];
+        s[2] ^= t;
+        s[3] = s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in [0, 1).
+    pub fn next_f64(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+pub struct Sampler {
+    pub params: SamplingParams,
+    rng: Rng,
+    // Scratch reused between tokens: (token id, probability).
+    candidates: Vec<(u32, f32)>,
+}
+
+/// The index of the largest value; the first one on ties, as torch.argmax.
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, v) in logits.iter().enumerate() {
+        if *v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+impl Sampler {
+    pub fn new(params: SamplingParams) -> Sampler {
+        let rng = Rng::new(params.seed);
+        Sampler {
+            params,
+            rng,
+            candidates: Vec::new(),
+        }
+    }
+
+    /// Applies the penalties to `logits` in place, then picks a token. `context` is every token
+    /// the sequence has so far (prompt and generated); `generated` only the generated ones.
+    pub fn sample(&mut self, logits: &mut [f32], context: &[u32], generated: &[u32]) -> u32 {
+        self.apply_penalties(logits, context, generated);
+        if !self.params.do_sample {
+            return argmax(logits);
+        }
+        self.filter_and_draw(logits)
+    }
+
+    fn apply_penalties(&self, logits: &mut [f32], context: &[u32], generated: &[u32]) {
+        let p = &self.params;
+        if p.repetition_penalty != 1.0 {
+            let mut seen = vec![false; logits.len()];
+            for &t in context {
+                let t = t as usize;
+                if t < logits.len() && !seen[t] {
+                    seen[t] = true;
+                    let l = &mut logits[t];
+                    *l = if *l < 0.0 {
+                        *l * p.repetition_penalty
+                    } else {
+                        *l / p.repetition_penalty
+                    };
+                }
+            }
+        }
+        if p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
+            let mut counts = std::collections::HashMap::<u32, u32>::new();
+            for &t in generated {
+                *counts.entry(t).or_default() += 1;
+            }
+            for (t, c) in counts {
+                if let Some(l) = logits.get_mut(t as usize) {
+                    *l -= p.frequency_penalty * c as f32 + p.presence_penalty;
+                }
+            }
+        }
+    }
+
+    fn filter_and_draw(&mut self, logits: &[f32]) -> u32 {
+        let p = self.params.clone();
+        let inv_t = 1.0 / p.temperature.max(1e-6);
+        let cands = &mut self.candidates;
+        cands.clear();
+        cands.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, l)| (i as u32, l * inv_t)),
+        );
+        // Sorting 50k logits each token is the slow part; top-k first shrinks it.
+        cands.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        if p.top_k > 0 && p.top_k < cands.len() {
+            // HF keeps every token whose logit ties with the k-th.
+            let kth = cands[p.top_k - 1].1;
+            let keep = cands.partition_point(|c| c.1 >= kth);
+            cands.truncate(keep);
+        }
+        softmax_pairs(cands);
+        if p.top_p < 1.0 {
+            // Keep the smallest prefix whose mass reaches top_p (at least one token).
+            let mut mass = 0f32;
+            let mut keep = cands.len();
+            for (i, c) in cands.iter().enumerate() {
+                mass += c.1;
+                if mass >= p.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            cands.truncate(keep.max(1));
+            renormalize(cands);
+        }
+        if p.typical_p < 1.0 {
+            typical_filter(cands, p.typical_p);
+        }
+        let r = self.rng.next_f64() as f32;
+        let mut acc = 0f32;
+        for c in cands.iter() {
+            acc += c.1;
+            if r < acc {
+                return c.0;
+            }
+        }
+        cands.last().map(|c| c.0).unwrap_or(0)
+    }
+}
+
+/// Turns (id, logit) into (id, probability).
+fn softmax_pairs(c: &mut [(u32, f32)]) {
+    let max = c.iter().fold(f32::NEG_INFINITY, |m, x| m.max(x.1));
+    for x in c.iter_mut() {
+        x.1 = (x.1 - max).exp();
+    }
+    renormalize(c);
+}
+
+fn renormalize(c: &mut [(u32, f32)]) {
+    let sum: f32 = c.iter().map(|x| x.1).sum();
+    if sum > 0.0 {
+        for x in c.iter_mut() {
+            x.1 /= sum;
+        }
+    }
+}
+
+/// Locally typical sampling (Meister et al.), as HF's TypicalLogitsWarper: rank tokens by how
+/// far their surprisal is from the entropy, keep the closest ones up to mass `typical_p`.
+fn typical_filter(c: &mut Vec<(u32, f32)>, typical_p: f32) {
+    let entropy: f32 = -c
+        .iter()
+        .filter(|x| x.1 > 0.0)
+        .map(|x| x.1 * x.1.ln())
+        .sum::<f32>();
+    let dev = |p: f32| {
+        if p > 0.0 {
+            (-p.ln() - entropy).abs()
+        } else {
+            f32::INFINITY
+        }
+    };
+    c.sort_by(|a, b| dev(a.1).total_cmp(&dev(b.1)));
+    let mut mass = 0f32;
+    let mut keep = c.len();
+    for (i, x) in c.iter().enumerate() {
+        mass += x.1;
+        if mass >= typical_p {
+            keep = i + 1;
+            break;
+        }
+    }
+    c.truncate(keep.max(1));
+    renormalize(c);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sampling(f: impl FnOnce(&mut SamplingParams)) -> Sampler {
+        let mut p = SamplingParams {
+            do_sample: true,
+            seed: 42,
+            ..Default::default()
+        };
+        f(&mut p);
+        Sampler::new(p)
+    }
+
+    #[test]
+    fn greedy_takes_the_first_maximum() {
+        let mut s = Sampler::new(SamplingParams::default());
+        assert_eq!(s.sample(&mut [0.0, 3.0, 3.0, 1.0], &[], &[]), 1);
+    }
+
+    #[test]
+    fn repetition_penalty_divides_positive_and_multiplies_negative_logits() {
+        let s = Sampler::new(SamplingParams {
+            repetition_penalty: 2.0,
+            ..Default::default()
+        });
+        let mut l = [4.0, -4.0, 4.0];
+        s.apply_penalties(&mut l, &[0, 1, 1], &[]);
+        assert_eq!(l, [2.0, -8.0, 4.0]);
+    }
+
+    #[test]
+    fn top_k_one_is_greedy_and_top_p_keeps_the_head() {
+        let logits = [1.0, 5.0, 2.0, 4.9];
+        let mut s = sampling(|p| p.top_k = 1);
+        for _ in 0..50 {
+            assert_eq!(s.sample(&mut logits.clone(), &[], &[]), 1);
+        }
+        // Mass of token 1 alone is ~0.5; top_p 0.5 keeps tokens 1 and 3 at most.
+        let mut s = sampling(|p| p.top_p = 0.6);
+        for _ in 0..200 {
+            let t = s.sample(&mut logits.clone(), &[], &[]);
+            assert!(t == 1 || t == 3, "{t}");
+        }
+    }
+
+    #[test]
+    fn same_seed_same_draws_and_frequencies_follow_probabilities() {
+        let logits = [0.0f32, (3.0f32).ln()]; // p = 0.25, 0.75
+        let draws = |seed| {
+            let mut s = sampling(|p| p.seed = seed);
+            (0..4000)
+                .map(|_| s.sample(&mut logits.clone(), &[], &[]))
+                .collect::<Vec<_>>()
+        };
+        let a = draws(7);
+        assert_eq!(a, draws(7));
+        assert_ne!(a, draws(8));
+        let ones = a.iter().filter(|&&t| t == 1).count() as f32 / 4000.0;
+        assert!((ones - 0.75).abs() < 0.03, "{ones}");
+    }
+
+    #[test]
+    fn typical_p_drops_the_atypical_tail() {
+        let mut c = vec![(0, 0.5), (1, 0.3), (2, 0.19), (3, 0.01)];
+        typical_filter(&mut c, 0.5);
+        assert!(c.iter().all(|x| x.0 != 3));
+        assert!((c.iter().map(|x| x.1).sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+}
