@@ -689,7 +689,7 @@ impl<'a> Cursor<'a> {
         if len > self.remaining() as u64 {
             return Err(err(format!(
                 "{} at byte {len_pos}: string length {len} runs past the end of the file \
-                 ({} bytes, {} remain)",
+                 ({} bytes, {} remain); the file is truncated or the length is corrupt",
                 what(),
                 self.buf.len(),
                 self.remaining()
@@ -773,14 +773,15 @@ fn parse(buf: &[u8]) -> Result<Parsed, FormatError> {
     if kv_count > rest / MIN_KV_BYTES {
         return Err(err(format!(
             "header: kv_count {kv_count} at byte {kv_count_pos} is impossible: each key/value \
-             takes at least {MIN_KV_BYTES} bytes and only {rest} bytes follow the header"
+             takes at least {MIN_KV_BYTES} bytes and only {rest} bytes follow the header \
+             (the file is truncated or the count is corrupt)"
         )));
     }
     if tensor_count > (rest - kv_count * MIN_KV_BYTES) / MIN_TENSOR_INFO_BYTES {
         return Err(err(format!(
             "header: tensor_count {tensor_count} at byte {tensor_count_pos} is impossible: \
              each tensor info takes at least {MIN_TENSOR_INFO_BYTES} bytes and only {rest} \
-             bytes follow the header"
+             bytes follow the header (the file is truncated or the count is corrupt)"
         )));
     }
 
@@ -830,7 +831,8 @@ fn parse(buf: &[u8]) -> Result<Parsed, FormatError> {
         return Err(err(format!(
             "header: tensor_count {tensor_count} at byte {tensor_count_pos} is impossible: \
              each tensor info takes at least {MIN_TENSOR_INFO_BYTES} bytes and only {rest} \
-             bytes follow the metadata (at byte {})",
+             bytes follow the metadata (at byte {}); the file is truncated or the count is \
+             corrupt",
             c.pos
         )));
     }
