@@ -272,6 +272,13 @@ impl SafeTensorsFile {
         })
     }
 
+    /// The file's shared bytes and the tensor's absolute byte range in them, for callers that
+    /// keep tensor data alive beyond this struct (weights borrowed from the memory map).
+    pub fn tensor_storage(&self, name: &str) -> Option<(Bytes, std::ops::Range<usize>)> {
+        let e = &self.entries[*self.index.get(name)?];
+        Some((self.bytes.clone(), e.start..e.end))
+    }
+
     /// All tensors, in data order.
     pub fn tensors(&self) -> impl Iterator<Item = TensorView<'_>> {
         self.names().filter_map(|n| self.tensor(n))
@@ -578,6 +585,11 @@ impl ModelWeights {
 
     pub fn contains(&self, name: &str) -> bool {
         self.shard_of.contains_key(name)
+    }
+
+    /// See [`SafeTensorsFile::tensor_storage`].
+    pub fn tensor_storage(&self, name: &str) -> Option<(Bytes, std::ops::Range<usize>)> {
+        self.files[*self.shard_of.get(name)?].tensor_storage(name)
     }
 
     /// Every tensor name, sorted.
