@@ -13,7 +13,7 @@ pub const Q4_1_BYTES: usize = 20;
 pub const Q8_0_BYTES: usize = 34;
 
 #[inline(always)]
-fn f16_at(b: &[u8], at: usize) -> f32 {
+pub(crate) fn f16_at(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
@@ -96,88 +96,126 @@ pub fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
 }
 
 // ---------------------------------------------------------------------------------------------
-// AVX2 versions.
+// SIMD versions: one weight row against N activation rows at once, so each weight block is
+// unpacked once per N tokens (N = 1 for decode, 4 for prefill). Generated twice: with AVX2
+// (u8 x i8 products through maddubs + madd) and with AVX-512 VNNI (one dpbusd).
+
+/// Generates the N-token kernels for one instruction set; `$dot` turns (unsigned weights,
+/// signed activations) into eight i32 lane sums.
+#[cfg(target_arch = "x86_64")]
+macro_rules! quant_kernels {
+    ($features:literal, $dot:path) => {
+        use crate::cpu::dot::{f16_at, Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES};
+        use crate::cpu::q8::BlockQ8;
+        use std::arch::x86_64::*;
+
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn hsum(v: __m256) -> f32 {
+            let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
+        }
+
+        /// The 16 packed bytes as 32 unsigned nibbles in element order.
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn unpack_nibbles(p: *const u8) -> __m256i {
+            let raw = _mm_loadu_si128(p as *const __m128i);
+            let mask = _mm_set1_epi8(0x0F);
+            let lo = _mm_and_si128(raw, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+            _mm256_set_m128i(hi, lo)
+        }
+
+        #[target_feature(enable = $features)]
+        #[inline]
+        unsafe fn load_x(b: &BlockQ8) -> __m256i {
+            _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i)
+        }
+
+        /// Q4_0 row times N activation rows.
+        /// # Safety
+        /// The CPU has the enabled features; `row` holds `xs[i].len()` blocks for every i.
+        #[target_feature(enable = $features)]
+        pub unsafe fn dot_q4_0<const N: usize>(row: &[u8], xs: [&[BlockQ8]; N]) -> [f32; N] {
+            let mut acc = [_mm256_setzero_ps(); N];
+            let mut offs = [0f32; N];
+            for (i, b) in row.chunks_exact(Q4_0_BYTES).enumerate() {
+                let d = f16_at(b, 0);
+                let w = unpack_nibbles(b.as_ptr().add(2));
+                for n in 0..N {
+                    let xb = xs[n].get_unchecked(i);
+                    let s = _mm256_cvtepi32_ps($dot(w, load_x(xb)));
+                    acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), s, acc[n]);
+                    offs[n] += d * xb.d * (8 * xb.isum) as f32;
+                }
+            }
+            std::array::from_fn(|n| hsum(acc[n]) - offs[n])
+        }
+
+        /// Q4_1 row times N activation rows.
+        /// # Safety
+        /// The CPU has the enabled features; `row` holds `xs[i].len()` blocks for every i.
+        #[target_feature(enable = $features)]
+        pub unsafe fn dot_q4_1<const N: usize>(row: &[u8], xs: [&[BlockQ8]; N]) -> [f32; N] {
+            let mut acc = [_mm256_setzero_ps(); N];
+            let mut offs = [0f32; N];
+            for (i, b) in row.chunks_exact(Q4_1_BYTES).enumerate() {
+                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
+                let w = unpack_nibbles(b.as_ptr().add(4));
+                for n in 0..N {
+                    let xb = xs[n].get_unchecked(i);
+                    let s = _mm256_cvtepi32_ps($dot(w, load_x(xb)));
+                    acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), s, acc[n]);
+                    offs[n] += m * xb.d * xb.isum as f32;
+                }
+            }
+            std::array::from_fn(|n| hsum(acc[n]) + offs[n])
+        }
+
+        /// Q8_0 row times N activation rows.
+        /// # Safety
+        /// The CPU has the enabled features; `row` holds `xs[i].len()` blocks for every i.
+        #[target_feature(enable = $features)]
+        pub unsafe fn dot_q8_0<const N: usize>(row: &[u8], xs: [&[BlockQ8]; N]) -> [f32; N] {
+            let mut acc = [_mm256_setzero_ps(); N];
+            for (i, b) in row.chunks_exact(Q8_0_BYTES).enumerate() {
+                let d = f16_at(b, 0);
+                let w = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
+                // The integer products want one unsigned operand: move the weight's sign onto
+                // the activation.
+                let w_abs = _mm256_sign_epi8(w, w);
+                for n in 0..N {
+                    let xb = xs[n].get_unchecked(i);
+                    let s = _mm256_cvtepi32_ps($dot(w_abs, _mm256_sign_epi8(load_x(xb), w)));
+                    acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), s, acc[n]);
+                }
+            }
+            std::array::from_fn(|n| hsum(acc[n]))
+        }
+    };
+}
 
 #[cfg(target_arch = "x86_64")]
 pub mod avx2 {
-    use super::*;
     use std::arch::x86_64::*;
 
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let lo = _mm256_castps256_ps128(v);
-        let hi = _mm256_extractf128_ps(v, 1);
-        let s = _mm_add_ps(lo, hi);
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        _mm_cvtss_f32(s)
+    /// u8 x i8 products summed in groups of four into eight i32 lanes.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    unsafe fn dot_u8_i8(w: __m256i, x: __m256i) -> __m256i {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
     }
 
-    /// The 16 packed bytes as 32 unsigned nibbles in element order.
-    #[inline(always)]
-    unsafe fn unpack_nibbles(p: *const u8) -> __m256i {
-        let raw = _mm_loadu_si128(p as *const __m128i);
-        let mask = _mm_set1_epi8(0x0F);
-        let lo = _mm_and_si128(raw, mask);
-        let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-        _mm256_set_m128i(hi, lo)
+    mod kernels {
+        use super::dot_u8_i8;
+        quant_kernels!("avx2,fma,f16c", dot_u8_i8);
     }
-
-    /// Sum of u8 x i8 products as eight i32 lanes converted to f32.
-    #[inline(always)]
-    unsafe fn dot_u8_i8(w: __m256i, x: __m256i) -> __m256 {
-        let p16 = _mm256_maddubs_epi16(w, x);
-        _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
-    }
+    pub use kernels::{dot_q4_0, dot_q4_1, dot_q8_0};
 
     /// # Safety
-    /// The CPU must support AVX2, FMA and F16C; `row` holds `x.len()` Q4_0 blocks.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q4_0(row: &[u8], x: &[BlockQ8]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let mut offs = 0f32;
-        for (b, xb) in row.chunks_exact(Q4_0_BYTES).zip(x) {
-            let d = f16_at(b, 0) * xb.d;
-            let w = unpack_nibbles(b.as_ptr().add(2));
-            let xq = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(d), dot_u8_i8(w, xq), acc);
-            offs += d * (8 * xb.isum) as f32;
-        }
-        hsum(acc) - offs
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2, FMA and F16C; `row` holds `x.len()` Q4_1 blocks.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q4_1(row: &[u8], x: &[BlockQ8]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        let mut offs = 0f32;
-        for (b, xb) in row.chunks_exact(Q4_1_BYTES).zip(x) {
-            let w = unpack_nibbles(b.as_ptr().add(4));
-            let xq = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0) * xb.d), dot_u8_i8(w, xq), acc);
-            offs += f16_at(b, 2) * xb.d * xb.isum as f32;
-        }
-        hsum(acc) + offs
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2, FMA and F16C; `row` holds `x.len()` Q8_0 blocks.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_q8_0(row: &[u8], x: &[BlockQ8]) -> f32 {
-        let mut acc = _mm256_setzero_ps();
-        for (b, xb) in row.chunks_exact(Q8_0_BYTES).zip(x) {
-            let w = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
-            let xq = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-            // maddubs wants one unsigned operand: move the weight's sign onto the activation.
-            let prod = dot_u8_i8(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xq, w));
-            acc = _mm256_fmadd_ps(_mm256_set1_ps(f16_at(b, 0) * xb.d), prod, acc);
-        }
-        hsum(acc)
-    }
-
-    /// # Safety
-    /// The CPU must support AVX2 and FMA; `a` and `b` have the same length.
+    /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
@@ -191,12 +229,32 @@ pub mod avx2 {
                 acc,
             );
         }
-        let mut s = hsum(acc);
+        let s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let mut s = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
         for i in chunks * 8..n {
             s += a[i] * b[i];
         }
         s
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+pub mod vnni {
+    use std::arch::x86_64::*;
+
+    /// u8 x i8 products summed in groups of four into eight i32 lanes, in one instruction.
+    #[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
+    #[inline]
+    unsafe fn dot_u8_i8(w: __m256i, x: __m256i) -> __m256i {
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, x)
+    }
+
+    mod kernels {
+        use super::dot_u8_i8;
+        quant_kernels!("avx2,fma,f16c,avx512f,avx512vl,avx512vnni", dot_u8_i8);
+    }
+    pub use kernels::{dot_q4_0, dot_q4_1, dot_q8_0};
 }
 
 #[cfg(test)]
@@ -275,21 +333,49 @@ pub(crate) mod tests {
                 "{kind:?} portable {got} vs {exact}"
             );
             #[cfg(target_arch = "x86_64")]
-            if crate::cpu::Features::get().avx2_fma {
-                let simd = unsafe {
-                    match kind {
-                        QuantKind::Q4_0 => avx2::dot_q4_0(&row, &xq),
-                        QuantKind::Q4_1 => avx2::dot_q4_1(&row, &xq),
-                        QuantKind::Q8_0 => avx2::dot_q8_0(&row, &xq),
-                    }
-                };
+            for v in simd_results(kind, &row, &xq) {
                 // Same integer sums; only the order of float additions differs.
                 assert!(
-                    (simd - got).abs() <= 1e-4 * abs_sum + 1e-5,
-                    "{kind:?} avx2 {simd} vs portable {got}"
+                    (v - got).abs() <= 1e-4 * abs_sum + 1e-5,
+                    "{kind:?} simd {v} vs portable {got}"
                 );
             }
         }
+    }
+
+    /// Every SIMD path this CPU has, with one token and with four at once.
+    #[cfg(target_arch = "x86_64")]
+    fn simd_results(kind: QuantKind, row: &[u8], xq: &[BlockQ8]) -> Vec<f32> {
+        let f = crate::cpu::Features::get();
+        let mut out = Vec::new();
+        macro_rules! all_n {
+            ($m:ident) => {
+                // SAFETY: called only when the CPU has the module's features.
+                unsafe {
+                    match kind {
+                        QuantKind::Q4_0 => {
+                            out.extend($m::dot_q4_0(row, [xq]));
+                            out.extend($m::dot_q4_0(row, [xq; 4]));
+                        }
+                        QuantKind::Q4_1 => {
+                            out.extend($m::dot_q4_1(row, [xq]));
+                            out.extend($m::dot_q4_1(row, [xq; 4]));
+                        }
+                        QuantKind::Q8_0 => {
+                            out.extend($m::dot_q8_0(row, [xq]));
+                            out.extend($m::dot_q8_0(row, [xq; 4]));
+                        }
+                    }
+                }
+            };
+        }
+        if f.avx2_fma {
+            all_n!(avx2);
+        }
+        if f.avx512_vnni {
+            all_n!(vnni);
+        }
+        out
     }
 
     #[test]

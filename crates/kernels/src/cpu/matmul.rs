@@ -177,15 +177,28 @@ pub fn matmul_with(
             {
                 quantize_row(xr, qr);
             }
-            let dot = pick_quant_dot(kind, feat);
+            let k = pick_quant_kernels(kind, feat);
             pool.for_ranges(rows, ROW_TILE, |range| {
+                let xrow = |t: usize| &xq[t * blocks..(t + 1) * blocks];
                 for tile_start in range.clone().step_by(ROW_TILE) {
                     let tile = tile_start..(tile_start + ROW_TILE).min(range.end);
-                    for t in 0..n {
-                        let xt = &xq[t * blocks..(t + 1) * blocks];
+                    let mut t = 0;
+                    // Four tokens per pass over a weight row: each block is unpacked once.
+                    while t + 4 <= n {
+                        let xs = [xrow(t), xrow(t + 1), xrow(t + 2), xrow(t + 3)];
+                        for r in tile.clone() {
+                            let v = (k.four)(w.row(r), xs);
+                            for (j, v) in v.into_iter().enumerate() {
+                                // SAFETY: each (t, r) is written by exactly one thread.
+                                unsafe { out.write((t + j) * rows + r, v) };
+                            }
+                        }
+                        t += 4;
+                    }
+                    for t in t..n {
                         for r in tile.clone() {
                             // SAFETY: each (t, r) is written by exactly one thread.
-                            unsafe { out.write(t * rows + r, dot(w.row(r), xt)) };
+                            unsafe { out.write(t * rows + r, (k.one)(w.row(r), [xrow(t)])[0]) };
                         }
                     }
                 }
@@ -208,23 +221,54 @@ pub fn matmul_with(
     }
 }
 
-type QuantDot = fn(&[u8], &[BlockQ8]) -> f32;
+/// A weight row against one or four activation rows.
+struct QuantKernels {
+    one: fn(&[u8], [&[BlockQ8]; 1]) -> [f32; 1],
+    four: fn(&[u8], [&[BlockQ8]; 4]) -> [f32; 4],
+}
 
-fn pick_quant_dot(kind: QuantKind, feat: Features) -> QuantDot {
-    #[cfg(target_arch = "x86_64")]
-    if feat.avx2_fma {
-        // SAFETY (all three): chosen only when the CPU has AVX2, FMA and F16C.
-        return match kind {
-            QuantKind::Q4_0 => |r, x| unsafe { dot::avx2::dot_q4_0(r, x) },
-            QuantKind::Q4_1 => |r, x| unsafe { dot::avx2::dot_q4_1(r, x) },
-            QuantKind::Q8_0 => |r, x| unsafe { dot::avx2::dot_q8_0(r, x) },
+fn pick_quant_kernels(kind: QuantKind, feat: Features) -> QuantKernels {
+    macro_rules! simd {
+        ($m:ident) => {
+            // SAFETY (all): chosen only when the CPU has the module's instruction sets.
+            match kind {
+                QuantKind::Q4_0 => QuantKernels {
+                    one: |r, x| unsafe { dot::$m::dot_q4_0(r, x) },
+                    four: |r, x| unsafe { dot::$m::dot_q4_0(r, x) },
+                },
+                QuantKind::Q4_1 => QuantKernels {
+                    one: |r, x| unsafe { dot::$m::dot_q4_1(r, x) },
+                    four: |r, x| unsafe { dot::$m::dot_q4_1(r, x) },
+                },
+                QuantKind::Q8_0 => QuantKernels {
+                    one: |r, x| unsafe { dot::$m::dot_q8_0(r, x) },
+                    four: |r, x| unsafe { dot::$m::dot_q8_0(r, x) },
+                },
+            }
         };
     }
+    #[cfg(target_arch = "x86_64")]
+    {
+        if feat.avx512_vnni {
+            return simd!(vnni);
+        }
+        if feat.avx2_fma {
+            return simd!(avx2);
+        }
+    }
     let _ = feat;
+    macro_rules! portable {
+        ($f:path) => {
+            QuantKernels {
+                one: |r, x| [$f(r, x[0])],
+                four: |r, x| x.map(|x| $f(r, x)),
+            }
+        };
+    }
     match kind {
-        QuantKind::Q4_0 => dot::dot_q4_0_portable,
-        QuantKind::Q4_1 => dot::dot_q4_1_portable,
-        QuantKind::Q8_0 => dot::dot_q8_0_portable,
+        QuantKind::Q4_0 => portable!(dot::dot_q4_0_portable),
+        QuantKind::Q4_1 => portable!(dot::dot_q4_1_portable),
+        QuantKind::Q8_0 => portable!(dot::dot_q8_0_portable),
     }
 }
 
@@ -253,18 +297,34 @@ mod tests {
         y
     }
 
+    /// Portable, AVX2 and VNNI, as far as this CPU has them.
+    fn all_features() -> Vec<Features> {
+        let f = Features::get();
+        let mut v = vec![Features::PORTABLE];
+        if f.avx2_fma {
+            v.push(Features {
+                avx2_fma: true,
+                avx512_vnni: false,
+            });
+        }
+        if f.avx512_vnni {
+            v.push(f);
+        }
+        v
+    }
+
     #[test]
     fn quantized_matmul_matches_reference_on_every_path() {
         let pool = ThreadPool::new(3);
         let mut rng = Rng::new(11);
         for kind in [QuantKind::Q4_0, QuantKind::Q4_1, QuantKind::Q8_0] {
-            for (rows, cols, n) in [(1, 32, 1), (19, 64, 3), (67, 576, 5)] {
+            for (rows, cols, n) in [(1, 32, 1), (19, 64, 3), (67, 576, 9)] {
                 let data = random_blocks(kind, rows * cols / QK, &mut rng);
                 let wf = dequantize(kind, &data);
                 let x: Vec<f32> = (0..n * cols).map(|_| rng.f32()).collect();
                 let want = reference(&wf, &x, rows, cols, n);
                 let view = WeightView::new(WeightFormat::Quant(kind), &data, rows, cols).unwrap();
-                for feat in [Features::PORTABLE, Features::get()] {
+                for feat in all_features() {
                     let mut y = vec![f32::NAN; n * rows];
                     matmul_with(&pool, feat, &view, &x, n, &mut y);
                     for (i, (g, e)) in y.iter().zip(&want).enumerate() {
@@ -313,7 +373,7 @@ mod tests {
         for (format, bytes, rounded) in cases {
             let want = reference(&rounded, &x, rows, cols, n);
             let view = WeightView::new(format, &bytes, rows, cols).unwrap();
-            for feat in [Features::PORTABLE, Features::get()] {
+            for feat in all_features() {
                 let mut y = vec![f32::NAN; n * rows];
                 matmul_with(&pool, feat, &view, &x, n, &mut y);
                 for (g, e) in y.iter().zip(&want) {
