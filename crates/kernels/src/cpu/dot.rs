@@ -43,9 +43,9 @@ pub fn dot_q4_0_portable(row: &[u8], x: &[BlockQ8]) -> f32 {
     for (b, xb) in row.chunks_exact(Q4_0_BYTES).zip(x) {
         let qs = &b[2..18];
         let mut acc = 0i32;
-        for j in 0..QK / 2 {
-            acc += (qs[j] & 0x0F) as i32 * xb.qs[j] as i32;
-            acc += (qs[j] >> 4) as i32 * xb.qs[j + QK / 2] as i32;
+        for (j, &q) in qs.iter().enumerate() {
+            acc += (q & 0x0F) as i32 * xb.qs[j] as i32;
+            acc += (q >> 4) as i32 * xb.qs[j + QK / 2] as i32;
         }
         sum += f16_at(b, 0) * xb.d * (acc - 8 * xb.isum) as f32;
     }
@@ -57,9 +57,9 @@ pub fn dot_q4_1_portable(row: &[u8], x: &[BlockQ8]) -> f32 {
     for (b, xb) in row.chunks_exact(Q4_1_BYTES).zip(x) {
         let qs = &b[4..20];
         let mut acc = 0i32;
-        for j in 0..QK / 2 {
-            acc += (qs[j] & 0x0F) as i32 * xb.qs[j] as i32;
-            acc += (qs[j] >> 4) as i32 * xb.qs[j + QK / 2] as i32;
+        for (j, &q) in qs.iter().enumerate() {
+            acc += (q & 0x0F) as i32 * xb.qs[j] as i32;
+            acc += (q >> 4) as i32 * xb.qs[j + QK / 2] as i32;
         }
         sum += f16_at(b, 0) * xb.d * acc as f32 + f16_at(b, 2) * xb.d * xb.isum as f32;
     }

@@ -36,7 +36,7 @@ impl WeightFormat {
                 ..
             } => (block_elems, block_bytes),
         };
-        (cols % elems == 0).then(|| cols / elems * bytes)
+        cols.is_multiple_of(elems).then(|| cols / elems * bytes)
     }
 }
 

@@ -89,7 +89,12 @@ impl ThreadPool {
         let _one_job_at_a_time = self.running.lock().unwrap_or_else(|p| p.into_inner());
         let f: &(dyn Fn(usize, usize) + Sync) = &f;
         // SAFETY: erase the lifetime; we wait below until no worker can still use it.
-        let ptr: JobPtr = JobPtr(unsafe { std::mem::transmute(f as *const _) });
+        let ptr: JobPtr = JobPtr(unsafe {
+            std::mem::transmute::<
+                *const (dyn Fn(usize, usize) + Sync + '_),
+                *const (dyn Fn(usize, usize) + Sync + 'static),
+            >(f)
+        });
         {
             let mut job = self.shared.job.lock().unwrap_or_else(|p| p.into_inner());
             *job = Some(ptr);
