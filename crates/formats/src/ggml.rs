@@ -212,7 +212,7 @@ impl GgmlType {
     /// Bytes of a row of `n_elements` elements, or `None` when `n_elements` is not a whole
     /// number of blocks (or the size overflows).
     pub fn row_bytes(self, n_elements: usize) -> Option<usize> {
-        if n_elements % self.block_size() != 0 {
+        if !n_elements.is_multiple_of(self.block_size()) {
             return None;
         }
         (n_elements / self.block_size()).checked_mul(self.type_size())
@@ -699,9 +699,9 @@ pub fn dequantize_block_q5_k(b: &BlockQ5_K, y: &mut [f32; QK_K]) {
 }
 
 /// Q6_K, as ggml: each 128-element half n uses `ql[64n..64n+64]`, `qh[32n..32n+32]` and
-/// `scales[8n..8n+8]`; for l in 0..32, element l takes the low nibble of ql[l] and bits 0-1 of
-/// qh[l], element l+32 the low nibble of ql[l+32] and bits 2-3, element l+64 the high nibble
-/// of ql[l] and bits 4-5, element l+96 the high nibble of ql[l+32] and bits 6-7.
+/// `scales[8n..8n+8]`; for l in 0..32, element l takes the low nibble of `ql[l]` and bits 0-1
+/// of `qh[l]`, element l+32 the low nibble of `ql[l+32]` and bits 2-3, element l+64 the high
+/// nibble of `ql[l]` and bits 4-5, element l+96 the high nibble of `ql[l+32]` and bits 6-7.
 pub fn dequantize_block_q6_k(b: &BlockQ6_K, y: &mut [f32; QK_K]) {
     let d = b.d.to_f32();
     for n in 0..2 {

@@ -3,7 +3,7 @@
 //!
 //! Layout (little-endian): magic `GGUF`, u32 version, u64 tensor_count, u64 kv_count; then
 //! kv_count key/values (u64-length UTF-8 key, u32 value type, value); then tensor_count tensor
-//! infos (name, u32 n_dims, u64 dims[n_dims], u32 ggml type, u64 offset relative to the data
+//! infos (name, u32 n_dims, u64 `dims[n_dims]`, u32 ggml type, u64 offset relative to the data
 //! section); then padding up to `general.alignment` (default 32) and the data section.
 //!
 //! GGUF readers have a history of memory-safety bugs from trusting these numbers, so this one

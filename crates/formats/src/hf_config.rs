@@ -186,7 +186,7 @@ impl LlamaConfig {
         }
 
         let heads = self.num_attention_heads;
-        if self.head_dim.is_none() && self.hidden_size % heads != 0 {
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(heads) {
             return Err(self.field_err(
                 "num_attention_heads",
                 format!(
@@ -195,7 +195,7 @@ impl LlamaConfig {
                 ),
             ));
         }
-        if heads % self.kv_heads() != 0 {
+        if !heads.is_multiple_of(self.kv_heads()) {
             return Err(self.field_err(
                 "num_key_value_heads",
                 format!(
@@ -205,7 +205,7 @@ impl LlamaConfig {
             ));
         }
         // RoPE rotates pairs of dimensions.
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(self.field_err(
                 "head_dim",
                 format!("head dimension {} must be even for RoPE", self.head_dim()),

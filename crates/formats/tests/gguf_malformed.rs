@@ -857,3 +857,33 @@ fn random_overwrites_of_counts_never_panic() {
         exercise(b);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// On disk
+
+#[test]
+fn empty_missing_and_directory_paths_give_errors_naming_the_path() {
+    let dir = std::env::temp_dir().join(format!("formats-gguf-disk-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let empty = dir.join("empty.gguf");
+    std::fs::write(&empty, b"").unwrap();
+    let cases = [
+        (empty.clone(), "magic"),
+        (dir.join("missing.gguf"), "missing.gguf"),
+        (dir.clone(), "formats-gguf-disk"),
+    ];
+    for (path, needle) in cases {
+        let e = GgufFile::open(&path).unwrap_err().to_string();
+        assert!(
+            e.contains(&*path.to_string_lossy()) && e.contains(needle),
+            "{e}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn files_can_be_shared_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<GgufFile>();
+}

@@ -412,3 +412,23 @@ fn corrupt_shard_error_names_the_shard() {
         "{e}"
     );
 }
+
+#[test]
+fn empty_file_on_disk() {
+    let dir = TempDir::new("empty");
+    let path = dir.path("model.safetensors");
+    std::fs::write(&path, b"").unwrap();
+    let e = SafeTensorsFile::open(&path).unwrap_err().to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("too short"),
+        "{e}"
+    );
+    let e = ModelWeights::open_dir(&dir.0).unwrap_err().to_string();
+    assert!(e.contains("too short"), "{e}");
+}
+
+#[test]
+fn weights_can_be_shared_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<ModelWeights>();
+}

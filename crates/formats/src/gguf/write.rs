@@ -92,7 +92,7 @@ impl GgufWriter {
                 "tensor '{name}': dims {dims:?} must be 1 to {MAX_DIMS} nonzero dimensions"
             )));
         }
-        if dims[0] % ty.block_size() as u64 != 0 {
+        if !dims[0].is_multiple_of(ty.block_size() as u64) {
             return Err(invalid(format!(
                 "tensor '{name}': dims[0] = {} is not a multiple of the {ty} block size {}",
                 dims[0],
