@@ -272,6 +272,11 @@ impl SafeTensorsFile {
         })
     }
 
+    /// The shared bytes of the whole file.
+    pub fn shared_bytes(&self) -> &Bytes {
+        &self.bytes
+    }
+
     /// The file's shared bytes and the tensor's absolute byte range in them, for callers that
     /// keep tensor data alive beyond this struct (weights borrowed from the memory map).
     pub fn tensor_storage(&self, name: &str) -> Option<(Bytes, std::ops::Range<usize>)> {
