@@ -295,6 +295,10 @@ fn sharded_checkpoint() {
         .unwrap()
         .file
         .ends_with("model-00002-of-00002.safetensors"));
+    // Zero-copy access: the shard's bytes and the tensor's range in them.
+    let (owner, range) = w.tensor_storage("c").unwrap();
+    assert_eq!(&(*owner).as_ref()[range], w.tensor("c").unwrap().bytes);
+    assert!(w.tensor_storage("d").is_none());
 }
 
 #[test]
