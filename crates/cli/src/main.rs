@@ -1,1 +1,50 @@
-fn main() {}
+//! `meditron`: download, inspect, run, serve, quantize and evaluate Llama-family models.
+
+mod args;
+mod commands;
+mod model_path;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "meditron", version, about = "Run Llama-family language models (GGUF, safetensors) on the CPU", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a completion for one prompt (chat template applied unless --raw)
+    Generate(commands::generate::Args),
+    /// Chat in the terminal, streaming answers; Ctrl-C stops an answer, Ctrl-D quits
+    Chat(commands::chat::Args),
+    /// Show what a model file holds: architecture, tensors, tokenizer, chat template
+    Inspect(commands::inspect::Args),
+    /// Read text on stdin and print its token ids as a JSON array
+    Tokenize(commands::tokenize::Args),
+    /// Perplexity of a text file, computed the way llama.cpp's llama-perplexity does
+    Perplexity(commands::perplexity::Args),
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MEDITRON_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(a) => commands::generate::run(a),
+        Command::Chat(a) => commands::chat::run(a),
+        Command::Inspect(a) => commands::inspect::run(a),
+        Command::Tokenize(a) => commands::tokenize::run(a),
+        Command::Perplexity(a) => commands::perplexity::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

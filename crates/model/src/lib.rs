@@ -2,8 +2,10 @@
 //! sampling and the generation loop.
 
 pub mod config;
+pub mod generate;
 pub mod kv_cache;
 pub mod llama;
+pub mod load;
 pub mod sampler;
 pub mod weights;
 

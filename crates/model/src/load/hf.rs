@@ -1,0 +1,140 @@
+//! A Llama model from a Hugging Face directory: config.json, safetensors (single or sharded,
+//! f32/f16/bf16, mapped in place) and tokenizer.json.
+
+use super::{template_or_chatml, LoadedModel};
+use crate::config::ModelConfig;
+use crate::llama::{Layer, Llama};
+use crate::weights::{Bytes, Matrix};
+use anyhow::{anyhow, bail, Context, Result};
+use formats::{Dtype, LlamaConfig, ModelWeights};
+use kernels::cpu::matmul::WeightFormat;
+use kernels::cpu::ops::RopeStyle;
+use std::path::Path;
+use tokenizer::Tokenizer;
+
+pub fn load(dir: &Path) -> Result<LoadedModel> {
+    let hf = LlamaConfig::from_file(&dir.join("config.json"))?;
+    hf.validate()?;
+    if hf.quantization_config.is_some() {
+        bail!(
+            "{}: quantized (GPTQ) checkpoints are not supported yet",
+            dir.display()
+        );
+    }
+    if hf.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
+        bail!(
+            "{}: rope_scaling is not supported yet",
+            dir.join("config.json").display()
+        );
+    }
+    let weights = ModelWeights::open_dir(dir)?;
+    let matrix = |name: &str| hf_matrix(&weights, name);
+    let vector = |name: &str| hf_vector(&weights, name);
+    let head_dim = hf.head_dim();
+    let embed_tokens = matrix("model.embed_tokens.weight")?;
+    let config = ModelConfig {
+        architecture: hf.model_type.clone(),
+        n_layers: hf.num_hidden_layers,
+        hidden: hf.hidden_size,
+        intermediate: hf.intermediate_size,
+        n_heads: hf.num_attention_heads,
+        n_kv_heads: hf.kv_heads(),
+        head_dim,
+        n_vocab: embed_tokens.rows,
+        max_context: hf.max_position_embeddings,
+        rope_theta: hf.rope_theta as f32,
+        rope_dims: head_dim,
+        rope_style: RopeStyle::Halves,
+        rms_eps: hf.rms_norm_eps as f32,
+        tie_embeddings: hf.tie_word_embeddings,
+    };
+    let mut layers = Vec::with_capacity(config.n_layers);
+    for i in 0..config.n_layers {
+        let p = format!("model.layers.{i}");
+        let attn = format!("{p}.self_attn");
+        layers.push(Layer {
+            attn_norm: vector(&format!("{p}.input_layernorm.weight"))?,
+            q_proj: matrix(&format!("{attn}.q_proj.weight"))?,
+            k_proj: matrix(&format!("{attn}.k_proj.weight"))?,
+            v_proj: matrix(&format!("{attn}.v_proj.weight"))?,
+            o_proj: matrix(&format!("{attn}.o_proj.weight"))?,
+            qkv_bias: if weights.tensor(&format!("{attn}.q_proj.bias")).is_some() {
+                Some([
+                    vector(&format!("{attn}.q_proj.bias"))?,
+                    vector(&format!("{attn}.k_proj.bias"))?,
+                    vector(&format!("{attn}.v_proj.bias"))?,
+                ])
+            } else {
+                None
+            },
+            ffn_norm: vector(&format!("{p}.post_attention_layernorm.weight"))?,
+            gate_proj: matrix(&format!("{p}.mlp.gate_proj.weight"))?,
+            up_proj: matrix(&format!("{p}.mlp.up_proj.weight"))?,
+            down_proj: matrix(&format!("{p}.mlp.down_proj.weight"))?,
+        });
+    }
+    let norm = vector("model.norm.weight")?;
+    let lm_head = match (
+        weights.tensor("lm_head.weight").is_some(),
+        config.tie_embeddings,
+    ) {
+        (true, _) => Some(matrix("lm_head.weight")?),
+        (false, true) => None,
+        (false, false) => bail!(
+            "{}: lm_head.weight is missing and tie_word_embeddings is false",
+            dir.display()
+        ),
+    };
+    let model = Llama::new(config, embed_tokens, layers, norm, lm_head).map_err(|e| anyhow!(e))?;
+    let tokenizer = Tokenizer::from_hf_dir(dir)
+        .with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
+    let template = template_or_chatml(tokenizer.chat_template())?;
+    let name = dir
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(LoadedModel {
+        model,
+        tokenizer,
+        template,
+        path: dir.to_path_buf(),
+        format: "safetensors",
+        name,
+    })
+}
+
+fn hf_matrix(weights: &ModelWeights, name: &str) -> Result<Matrix> {
+    let t = weights
+        .tensor(name)
+        .ok_or_else(|| anyhow!("tensor '{name}' is missing from the safetensors files"))?;
+    let format = match t.dtype {
+        Dtype::F32 => WeightFormat::F32,
+        Dtype::F16 => WeightFormat::F16,
+        Dtype::BF16 => WeightFormat::BF16,
+        other => bail!("tensor '{name}' has dtype {other:?}; expected F32, F16 or BF16"),
+    };
+    if t.shape.len() != 2 {
+        bail!(
+            "tensor '{name}' has shape {:?}, expected 2 dimensions",
+            t.shape
+        );
+    }
+    let (owner, range) = weights
+        .tensor_storage(name)
+        .ok_or_else(|| anyhow!("tensor '{name}' is missing"))?;
+    let bytes = Bytes::new(owner, range).map_err(|e| anyhow!("tensor '{name}': {e}"))?;
+    Matrix::new(name, format, bytes, t.shape[0], t.shape[1]).map_err(|e| anyhow!(e))
+}
+
+fn hf_vector(weights: &ModelWeights, name: &str) -> Result<Vec<f32>> {
+    let t = weights
+        .tensor(name)
+        .ok_or_else(|| anyhow!("tensor '{name}' is missing from the safetensors files"))?;
+    if t.shape.len() != 1 {
+        bail!(
+            "tensor '{name}' has shape {:?}, expected 1 dimension",
+            t.shape
+        );
+    }
+    Ok(t.to_f32_vec().with_context(|| format!("tensor '{name}'"))?)
+}
