@@ -1,0 +1,497 @@
+//! The engine: one thread that owns the model, the paged KV cache and the thread pool, and runs
+//! continuous batching over every request at once, streaming tokens back per request.
+//!
+//! Each step (1) takes in new requests and drops those whose client went away, (2) admits
+//! queued requests while the KV cache can hold their whole budget (prompt + max_new_tokens),
+//! (3) builds one batch from a decode token of every generating sequence plus prompt chunks of
+//! prefilling ones, bounded by `max_batch_prefill_tokens`, (4) runs it in one forward pass, so
+//! the weights are read once per step whatever the number of sequences, and (5) samples, sends
+//! the tokens and frees the pages of sequences that finished.
+
+use crate::args::Limits;
+use crate::metrics::Metrics;
+use model::generate::FinishReason;
+use model::kv_cache::BLOCK_TOKENS;
+use model::{BatchToken, KvCache, Llama, Sampler, SamplingParams, SeqId};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Prompt tokens per step while other sequences are decoding: a long prefill in one step would
+/// stall every stream for seconds, so it is spread over several steps.
+const PREFILL_CHUNK_WHILE_DECODING: usize = 256;
+
+/// Prompt tokens per step of a request that wants every prompt token's log-probabilities: each
+/// of them returns a whole vocabulary of logits (200 KB for 50k tokens).
+const PROMPT_LOGPROBS_CHUNK: usize = 128;
+
+/// One generation as the engine sees it: token ids in, token ids out.
+pub struct EngineRequest {
+    pub prompt: Vec<u32>,
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    /// End at an end-of-generation token (false: only at `max_new_tokens`, for benchmarks).
+    pub stop_at_eos: bool,
+    /// Log-probability of each generated token (TGI always sends them).
+    pub logprobs: bool,
+    /// Log-probabilities of the prompt tokens (`decoder_input_details`, OpenAI `echo`).
+    pub prompt_logprobs: bool,
+    /// The `top_n` most likely alternatives of every scored token.
+    pub top_n: usize,
+    pub events: UnboundedSender<Event>,
+    pub arrived: Instant,
+}
+
+/// A token id with its log-probability.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub id: u32,
+    pub logprob: f32,
+}
+
+/// The score of one token under the model: its log-probability and the top alternatives.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Scored {
+    pub id: u32,
+    /// NaN when not asked for.
+    pub logprob: f32,
+    pub top: Vec<TokenLogprob>,
+}
+
+/// What the engine tells a request, in this order: `Admitted`, `Prompt` (when asked),
+/// `Token`s (the last with its finish reason), or `Finished` when no token was generated;
+/// `Error` at any point ends it.
+#[derive(Debug)]
+pub enum Event {
+    Admitted { queue_time: Duration },
+    /// Scores of prompt tokens 1.. (the first token has no context to be scored in).
+    Prompt(Vec<Scored>),
+    Token { token: Scored, finish: Option<FinishReason> },
+    Finished(FinishReason),
+    Error(String),
+}
+
+enum Msg {
+    Request(Box<EngineRequest>),
+    Shutdown,
+}
+
+/// Queues requests for the engine thread; cheap to clone.
+#[derive(Clone)]
+pub struct EngineClient {
+    tx: Sender<Msg>,
+    alive: Arc<AtomicBool>,
+}
+
+impl EngineClient {
+    /// Queues a request; false when the engine is gone.
+    pub fn submit(&self, req: EngineRequest) -> bool {
+        self.tx.send(Msg::Request(Box::new(req))).is_ok()
+    }
+
+    pub fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::SeqCst)
+    }
+}
+
+/// Owns the engine thread: stops and joins it.
+pub struct EngineHandle {
+    client: EngineClient,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl EngineHandle {
+    /// Starts the engine thread; `make_pool` runs on it, so the pool's thread 0 is the engine.
+    pub fn start(
+        model: Llama,
+        eos_ids: Vec<u32>,
+        limits: Limits,
+        threads: Option<usize>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<EngineHandle> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let alive = Arc::new(AtomicBool::new(true));
+        let alive2 = alive.clone();
+        let thread = std::thread::Builder::new().name("meditron-engine".into()).spawn(move || {
+            let pool = match threads {
+                Some(n) => kernels::cpu::ThreadPool::new(n),
+                None => kernels::cpu::ThreadPool::with_default_threads(),
+            };
+            let cache = model.new_cache(limits.max_batch_total_tokens);
+            let mut engine = Engine {
+                total_blocks: cache.capacity_tokens() / BLOCK_TOKENS,
+                model,
+                cache,
+                pool,
+                eos_ids,
+                limits,
+                metrics,
+                waiting: VecDeque::new(),
+                running: Vec::new(),
+                reserved_blocks: 0,
+            };
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run(&rx)));
+            if result.is_err() {
+                tracing::error!("the engine thread panicked; the server is unhealthy");
+                engine.fail_all("the engine stopped unexpectedly");
+            }
+            alive2.store(false, Ordering::SeqCst);
+        })?;
+        Ok(EngineHandle { client: EngineClient { tx, alive }, thread: Some(thread) })
+    }
+
+    pub fn client(&self) -> EngineClient {
+        self.client.clone()
+    }
+
+    /// Stops the engine (requests still running get an error) and waits for its thread.
+    pub fn shutdown(&mut self) {
+        let _ = self.client.tx.send(Msg::Shutdown);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+/// A request admitted into the batch.
+struct Running {
+    req: EngineRequest,
+    seq: SeqId,
+    /// The prompt, then the generated tokens.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    /// `tokens[..fed]` are in the KV cache; a generating sequence has exactly one more.
+    fed: usize,
+    generated: usize,
+    sampler: Sampler,
+    reserved_blocks: usize,
+    prompt_scores: Vec<Scored>,
+    /// Set when the sequence is to leave the batch at the end of this step.
+    done: bool,
+}
+
+/// What a row of logits returned by the forward pass is for.
+enum Row {
+    /// Scores prompt token `pos + 1` of running sequence `i`.
+    Prompt(usize, usize),
+    /// Picks the next token of running sequence `i`.
+    Sample(usize),
+}
+
+struct Engine {
+    model: Llama,
+    cache: KvCache,
+    pool: kernels::cpu::ThreadPool,
+    eos_ids: Vec<u32>,
+    limits: Limits,
+    metrics: Arc<Metrics>,
+    waiting: VecDeque<Box<EngineRequest>>,
+    running: Vec<Running>,
+    total_blocks: usize,
+    /// Blocks promised to running sequences (their whole budget), whether used yet or not:
+    /// admission never overcommits, so a running sequence never finds the cache full.
+    reserved_blocks: usize,
+}
+
+impl Engine {
+    fn run(&mut self, rx: &Receiver<Msg>) {
+        self.metrics.kv_pages_total.set(self.total_blocks as i64);
+        loop {
+            if !self.receive(rx) {
+                self.fail_all("the server is shutting down");
+                return;
+            }
+            self.drop_cancelled();
+            self.admit();
+            self.publish_gauges();
+            if !self.running.is_empty() {
+                self.step();
+            }
+        }
+    }
+
+    /// Takes in new requests, waiting for one when idle. False on shutdown.
+    fn receive(&mut self, rx: &Receiver<Msg>) -> bool {
+        let handle = |engine: &mut Engine, msg: Msg| match msg {
+            Msg::Request(r) => {
+                engine.waiting.push_back(r);
+                true
+            }
+            Msg::Shutdown => false,
+        };
+        if self.running.is_empty() && self.waiting.is_empty() {
+            // Idle: block, but wake now and then so a dropped sender is noticed.
+            loop {
+                match rx.recv_timeout(Duration::from_millis(500)) {
+                    Ok(msg) => {
+                        if !handle(self, msg) {
+                            return false;
+                        }
+                        break;
+                    }
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => return false,
+                }
+            }
+        }
+        loop {
+            match rx.try_recv() {
+                Ok(msg) => {
+                    if !handle(self, msg) {
+                        return false;
+                    }
+                }
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return !(self.running.is_empty() && self.waiting.is_empty()),
+            }
+        }
+    }
+
+    /// Frees the pages of sequences whose client went away (the receiver was dropped).
+    fn drop_cancelled(&mut self) {
+        self.waiting.retain(|r| !r.events.is_closed());
+        for r in &mut self.running {
+            if r.req.events.is_closed() {
+                r.done = true;
+            }
+        }
+        self.remove_done();
+    }
+
+    fn blocks_for(tokens: usize) -> usize {
+        tokens.div_ceil(BLOCK_TOKENS)
+    }
+
+    /// Admits queued requests, oldest first, while their whole budget fits in the cache.
+    fn admit(&mut self) {
+        while let Some(front) = self.waiting.front() {
+            let budget = (front.prompt.len() + front.max_new_tokens).min(self.model.config.max_context);
+            let need = Self::blocks_for(budget);
+            if self.reserved_blocks + need > self.total_blocks {
+                // FIFO without skipping: a long request is not starved by short ones.
+                break;
+            }
+            let Some(req) = self.waiting.pop_front() else { break };
+            let req = *req;
+            let queue_time = req.arrived.elapsed();
+            self.metrics.queue_seconds.observe(queue_time.as_secs_f64());
+            self.metrics.prompt_tokens.add(req.prompt.len() as u64);
+            if req.events.send(Event::Admitted { queue_time }).is_err() {
+                continue;
+            }
+            if req.prompt.is_empty() {
+                let _ = req.events.send(Event::Error("the prompt has no tokens".into()));
+                continue;
+            }
+            let seq = self.cache.add_sequence();
+            self.reserved_blocks += need;
+            let sampler = Sampler::new(req.sampling.clone());
+            let tokens = req.prompt.clone();
+            self.running.push(Running {
+                prompt_len: tokens.len(),
+                tokens,
+                seq,
+                fed: 0,
+                generated: 0,
+                sampler,
+                reserved_blocks: need,
+                prompt_scores: Vec::new(),
+                done: false,
+                req,
+            });
+        }
+    }
+
+    fn publish_gauges(&self) {
+        let m = &self.metrics;
+        m.requests_running.set(self.running.len() as i64);
+        m.requests_waiting.set(self.waiting.len() as i64);
+        let free_blocks = self.cache.free_tokens() / BLOCK_TOKENS;
+        m.kv_pages_used.set(self.total_blocks.saturating_sub(free_blocks) as i64);
+    }
+
+    /// One forward pass over a decode token of every generating sequence and prompt chunks.
+    fn step(&mut self) {
+        let started = Instant::now();
+        let mut batch = Vec::new();
+        let mut rows = Vec::new();
+        let mut advance = vec![0usize; self.running.len()];
+        let mut decoding = 0;
+        for (i, r) in self.running.iter().enumerate() {
+            if r.fed >= r.prompt_len {
+                batch.push(BatchToken { token: r.tokens[r.fed], seq: r.seq, pos: r.fed, logits: true });
+                rows.push(Row::Sample(i));
+                advance[i] = 1;
+                decoding += 1;
+            }
+        }
+        let mut budget = self.limits.max_batch_prefill_tokens;
+        if decoding > 0 {
+            budget = budget.min(PREFILL_CHUNK_WHILE_DECODING);
+        }
+        for (i, r) in self.running.iter().enumerate() {
+            if r.fed >= r.prompt_len || budget == 0 {
+                continue;
+            }
+            let mut n = (r.prompt_len - r.fed).min(budget);
+            if r.req.prompt_logprobs {
+                n = n.min(PROMPT_LOGPROBS_CHUNK);
+            }
+            for pos in r.fed..r.fed + n {
+                let last = pos + 1 == r.prompt_len;
+                let mark = last || r.req.prompt_logprobs;
+                batch.push(BatchToken { token: r.tokens[pos], seq: r.seq, pos, logits: mark });
+                if last {
+                    rows.push(Row::Sample(i));
+                } else if mark {
+                    rows.push(Row::Prompt(i, pos));
+                }
+            }
+            advance[i] = n;
+            budget -= n;
+        }
+        let sequences = advance.iter().filter(|&&a| a > 0).count();
+        let mut logits = match self.model.forward(&batch, &mut self.cache, &self.pool) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, batch = batch.len(), "forward pass failed");
+                self.fail_all(&format!("the forward pass failed: {e}"));
+                return;
+            }
+        };
+        let n_vocab = self.model.config.n_vocab;
+        for (i, a) in advance.iter().enumerate() {
+            self.running[i].fed += a;
+        }
+        for (row, logits) in rows.iter().zip(logits.chunks_exact_mut(n_vocab.max(1))) {
+            match *row {
+                Row::Prompt(i, pos) => {
+                    let r = &mut self.running[i];
+                    let next = r.tokens[pos + 1];
+                    let score = score(logits, next, true, r.req.top_n);
+                    r.prompt_scores.push(score);
+                }
+                Row::Sample(i) => self.sample(i, logits),
+            }
+        }
+        self.remove_done();
+        let m = &self.metrics;
+        m.batch_size.observe(sequences as f64);
+        m.batch_tokens.observe(batch.len() as f64);
+        m.step_seconds.observe(started.elapsed().as_secs_f64());
+        tracing::trace!(sequences, tokens = batch.len(), ms = started.elapsed().as_secs_f64() * 1e3, "engine step");
+    }
+
+    /// Picks the next token of running sequence `i` from its logits row and sends it.
+    fn sample(&mut self, i: usize, logits: &mut [f32]) {
+        let max_context = self.model.config.max_context;
+        let r = &mut self.running[i];
+        if r.generated == 0 && r.req.prompt_logprobs {
+            let scores = std::mem::take(&mut r.prompt_scores);
+            if r.req.events.send(Event::Prompt(scores)).is_err() {
+                r.done = true;
+                return;
+            }
+        }
+        if r.req.max_new_tokens == 0 {
+            let _ = r.req.events.send(Event::Finished(FinishReason::Length));
+            r.done = true;
+            return;
+        }
+        let id = r.sampler.sample(logits, &r.tokens, &r.tokens[r.prompt_len..]);
+        let token = score(logits, id, r.req.logprobs, r.req.top_n);
+        r.tokens.push(id);
+        r.generated += 1;
+        self.metrics.generated_tokens.add(1);
+        let finish = if r.req.stop_at_eos && self.eos_ids.contains(&id) {
+            Some(FinishReason::EosToken)
+        } else if r.generated >= r.req.max_new_tokens || r.tokens.len() >= max_context {
+            Some(FinishReason::Length)
+        } else {
+            None
+        };
+        if r.req.events.send(Event::Token { token, finish }).is_err() || finish.is_some() {
+            r.done = true;
+        }
+    }
+
+    /// Takes finished and cancelled sequences out of the batch and frees their pages at once.
+    fn remove_done(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            if self.running[i].done {
+                let r = self.running.swap_remove(i);
+                self.cache.remove_sequence(r.seq);
+                self.reserved_blocks -= r.reserved_blocks;
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Ends every request with an error and empties the cache.
+    fn fail_all(&mut self, message: &str) {
+        for r in self.running.drain(..) {
+            let _ = r.req.events.send(Event::Error(message.to_string()));
+            self.cache.remove_sequence(r.seq);
+        }
+        for r in self.waiting.drain(..) {
+            let _ = r.events.send(Event::Error(message.to_string()));
+        }
+        self.reserved_blocks = 0;
+        self.publish_gauges();
+    }
+}
+
+/// The log-probability of `id` under `logits` (when `want`) and the `top_n` most likely tokens.
+pub fn score(logits: &[f32], id: u32, want: bool, top_n: usize) -> Scored {
+    if !want && top_n == 0 {
+        return Scored { id, logprob: f32::NAN, top: Vec::new() };
+    }
+    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    let log_sum = max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+    let logprob = logits.get(id as usize).map(|&x| x - log_sum).unwrap_or(f32::NEG_INFINITY);
+    let mut top: Vec<TokenLogprob> = Vec::with_capacity(top_n + 1);
+    if top_n > 0 {
+        for (t, &x) in logits.iter().enumerate() {
+            if top.len() == top_n && x <= top[top_n - 1].logprob {
+                continue;
+            }
+            // Ties keep the lower id first, as a stable sort by logit would.
+            let at = top.partition_point(|e| e.logprob >= x);
+            top.insert(at, TokenLogprob { id: t as u32, logprob: x });
+            top.truncate(top_n);
+        }
+        for e in &mut top {
+            e.logprob -= log_sum;
+        }
+    }
+    Scored { id, logprob, top }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scores_are_log_softmax_and_top_is_sorted() {
+        let logits = [1.0f32, 3.0, 2.0, 3.0];
+        let s = score(&logits, 2, true, 3);
+        let z: f32 = logits.iter().map(|x| x.exp()).sum();
+        assert!((s.logprob - (2.0 - z.ln())).abs() < 1e-5);
+        let ids: Vec<u32> = s.top.iter().map(|t| t.id).collect();
+        assert_eq!(ids, [1, 3, 2]);
+        assert!((s.top[0].logprob - (3.0 - z.ln())).abs() < 1e-5);
+        assert!(score(&logits, 0, false, 0).logprob.is_nan());
+    }
+}
