@@ -1,0 +1,1 @@
+//! Reader tests on the real data, the invented fixtures in testdata/ and malformed files.
