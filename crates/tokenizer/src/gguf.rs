@@ -564,4 +564,89 @@ pub(crate) mod tests {
         );
         assert_eq!(tok.encode("ab a", false).unwrap(), vec![2, 3, 0]);
     }
+
+    /// Every pre-tokenizer we name compiles (a DeepSeek regex once didn't, after an editor
+    /// normalized characters in its ranges).
+    #[test]
+    fn every_named_pre_tokenizer_builds() {
+        let names = [
+            "gpt2",
+            "gpt-2",
+            "phi-2",
+            "mpt",
+            "olmo",
+            "jais",
+            "trillion",
+            "roberta-bpe",
+            "jina-es",
+            "jina-de",
+            "jina-v1-en",
+            "jina-v2-es",
+            "jina-v2-de",
+            "jina-v2-code",
+            "gigachat",
+            "a.x-4.0",
+            "mellum",
+            "exaone4",
+            "smollm",
+            "starcoder",
+            "refact",
+            "command-r",
+            "codeshell",
+            "exaone",
+            "minerva-7b",
+            "llama3",
+            "llama-v3",
+            "llama-bpe",
+            "falcon3",
+            "falcon-h1",
+            "pixtral",
+            "midm-2.0",
+            "lfm2",
+            "dbrx",
+            "smaug-bpe",
+            "chatglm-bpe",
+            "glm4",
+            "qwen2",
+            "deepseek-r1-qwen",
+            "megrez",
+            "stablelm2",
+            "hunyuan",
+            "tekken",
+            "gpt-4o",
+            "llama4",
+            "deepseek-llm",
+            "deepseek-coder",
+            "falcon",
+        ];
+        for name in names {
+            let v = GgufVocab {
+                model: "gpt2".into(),
+                pre: Some(name.into()),
+                tokens: vec!["1".into(), "2".into(), "12".into()],
+                merges: Some(vec!["1 2".into()]),
+                bos_id: Some(0),
+                ..Default::default()
+            };
+            let tok = Tokenizer::from_gguf(&v).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(tok.warnings().is_empty(), "{name}: {:?}", tok.warnings());
+            // Digits split one by one for some, merge for others; either way the text survives.
+            let ids = tok.encode("12", false).unwrap();
+            assert_eq!(tok.decode(&ids, false).unwrap(), "12", "{name}");
+        }
+    }
+
+    /// Regression: merges were cut at a byte offset inside "Ġ" (two bytes in UTF-8).
+    #[test]
+    fn merge_whose_left_piece_is_multibyte() {
+        let v = GgufVocab {
+            model: "gpt2".into(),
+            pre: Some("gpt-2".into()),
+            tokens: vec!["Ġ".into(), "t".into(), "Ġt".into()],
+            merges: Some(vec!["Ġ t".into()]),
+            ..Default::default()
+        };
+        let tok = Tokenizer::from_gguf(&v).unwrap();
+        assert_eq!(tok.encode(" t", false).unwrap(), vec![2]);
+    }
 }

@@ -89,6 +89,14 @@ impl Tokenizer {
     /// (`eos_token_id`, an id or a list).
     pub fn from_hf_dir(dir: &Path) -> Result<Tokenizer, TokenizerError> {
         let tj = dir.join("tokenizer.json");
+        if !tj.exists() && dir.join("tokenizer.model").exists() {
+            return Err(TokenizerError::Parse {
+                path: tj,
+                message: "missing; only a SentencePiece tokenizer.model is there, which is not supported \
+                          (transformers writes tokenizer.json with AutoTokenizer.save_pretrained)"
+                    .into(),
+            });
+        }
         let text = read_text(&tj)?;
         let inner = tokenizers::Tokenizer::from_str(&text).map_err(|e| TokenizerError::Parse {
             path: tj.clone(),
@@ -484,5 +492,12 @@ mod tests {
             .to_string();
         assert!(e.contains("tokenizer.json"), "{e}");
         fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn tokenizer_and_template_can_be_shared_across_threads() {
+        fn shared<T: Send + Sync + Clone>() {}
+        shared::<Tokenizer>();
+        shared::<crate::ChatTemplate>();
     }
 }
