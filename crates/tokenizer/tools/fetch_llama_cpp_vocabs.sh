@@ -8,14 +8,10 @@ dest="${1:-/tmp/meditron-llama-vocabs}"
 version="${LLAMA_CPP_PYTHON_VERSION:-0.3.16}"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-# --no-build-isolation with no build backend installed stops pip after the download, before it
-# tries to build anything; the sdist is left in pip's unpack directory or the -d directory.
-pip download --no-deps --no-binary :all: --no-build-isolation -d "$work" "llama-cpp-python==$version" >/dev/null 2>&1 || true
-sdist="$(ls "$work"/llama_cpp_python-*.tar.gz 2>/dev/null || ls -t /tmp/pip-unpack-*/llama_cpp_python-"$version".tar.gz 2>/dev/null | head -1)"
-if [ -z "$sdist" ]; then
-  echo "could not download llama-cpp-python==$version's source distribution" >&2
-  exit 1
-fi
+# llama-cpp-python has no Linux wheels on PyPI, so this is its sdist; pip prepares its metadata
+# with build-backend wheels (nothing is compiled).
+pip download --no-deps --no-binary llama-cpp-python -d "$work" "llama-cpp-python==$version" >/dev/null
+sdist="$(ls "$work"/llama_cpp_python-*.tar.gz)"
 mkdir -p "$dest"
 tar -xzf "$sdist" -C "$work" --wildcards '*/vendor/llama.cpp/models/ggml-vocab-*'
 cp "$work"/llama_cpp_python-*/vendor/llama.cpp/models/ggml-vocab-* "$dest"/
