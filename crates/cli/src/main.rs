@@ -25,6 +25,8 @@ enum Command {
     Tokenize(commands::tokenize::Args),
     /// Perplexity of a text file, computed the way llama.cpp's llama-perplexity does
     Perplexity(commands::perplexity::Args),
+    /// Prefill and decode speed, like llama-bench (pp512 / tg128)
+    Bench(commands::bench::Args),
 }
 
 fn main() {
@@ -42,6 +44,7 @@ fn main() {
         Command::Inspect(a) => commands::inspect::run(a),
         Command::Tokenize(a) => commands::tokenize::run(a),
         Command::Perplexity(a) => commands::perplexity::run(a),
+        Command::Bench(a) => commands::bench::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

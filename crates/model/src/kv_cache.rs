@@ -218,7 +218,28 @@ pub struct SeqView<'a> {
     pub len: usize,
 }
 
-impl SeqView<'_> {
+impl<'a> SeqView<'a> {
+    /// Positions `0..n` of `layer` as runs of consecutive rows, one per block.
+    pub fn runs(&self, layer: usize, n: usize) -> Vec<kernels::cpu::attention::KvRun<'a>> {
+        let kv = self.cache.kv_dim;
+        (0..n.div_ceil(BLOCK_TOKENS))
+            .map(|b| {
+                let len = (n - b * BLOCK_TOKENS).min(BLOCK_TOKENS);
+                let ko = self
+                    .cache
+                    .offset(self.blocks, layer, false, b * BLOCK_TOKENS);
+                let vo = self
+                    .cache
+                    .offset(self.blocks, layer, true, b * BLOCK_TOKENS);
+                kernels::cpu::attention::KvRun {
+                    keys: &self.cache.data[ko..ko + len * kv],
+                    values: &self.cache.data[vo..vo + len * kv],
+                    n: len,
+                }
+            })
+            .collect()
+    }
+
     /// Keys of `layer` at `pos`: `kv_dim` values, head after head.
     #[inline]
     pub fn key(&self, layer: usize, pos: usize) -> &[f16] {

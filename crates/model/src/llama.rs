@@ -5,7 +5,7 @@
 use crate::config::ModelConfig;
 use crate::kv_cache::{KvCache, SeqId};
 use crate::weights::Matrix;
-use kernels::cpu::ops::{rms_norm, rope, rope_inv_freq, softmax, swiglu};
+use kernels::cpu::ops::{rms_norm, rope, rope_inv_freq, swiglu};
 use kernels::cpu::{matmul, ThreadPool};
 
 pub struct Layer {
@@ -360,34 +360,26 @@ impl Llama {
             .map(|t| cache.view(t.seq))
             .collect::<Result<Vec<_>, _>>()?;
         let out_ptr = SharedSlice(out.as_mut_ptr());
-        pool.for_ranges(batch.len() * c.n_heads, 1, |range| {
+        // One job per (token, kv head): the query heads of a group share each cached row.
+        pool.for_ranges(batch.len() * c.n_kv_heads, 1, |range| {
             let mut scores = Vec::new();
-            let mut acc = vec![0f32; hd];
-            let mut kbuf = vec![0f32; hd];
+            let mut acc = vec![0f32; group * hd];
             for job in range {
-                let (i, head) = (job / c.n_heads, job % c.n_heads);
-                let t = &batch[i];
-                let view = &views[i];
-                let kvh = head / group;
-                let qh = &q[i * c.q_dim() + head * hd..][..hd];
-                scores.clear();
-                for p in 0..=t.pos {
-                    let k = &view.key(layer, p)[kvh * hd..(kvh + 1) * hd];
-                    for (d, s) in kbuf.iter_mut().zip(k) {
-                        *d = s.to_f32();
-                    }
-                    scores.push(kernels::cpu::dot::dot_f32_portable(qh, &kbuf) * scale);
-                }
-                softmax(&mut scores);
-                acc.fill(0.0);
-                for (p, w) in scores.iter().enumerate() {
-                    let v = &view.value(layer, p)[kvh * hd..(kvh + 1) * hd];
-                    for (a, s) in acc.iter_mut().zip(v) {
-                        *a += w * s.to_f32();
-                    }
-                }
-                // SAFETY: job (i, head) owns this disjoint stretch of `out`.
-                unsafe { out_ptr.write(i * c.q_dim() + head * hd, &acc) };
+                let (i, kvh) = (job / c.n_kv_heads, job % c.n_kv_heads);
+                let runs = views[i].runs(layer, batch[i].pos + 1);
+                let q0 = i * c.q_dim() + kvh * group * hd;
+                kernels::cpu::attention::attend(
+                    &q[q0..q0 + group * hd],
+                    &runs,
+                    kvh * hd,
+                    c.kv_dim(),
+                    hd,
+                    scale,
+                    &mut scores,
+                    &mut acc,
+                );
+                // SAFETY: job (i, kvh) owns this disjoint stretch of `out`.
+                unsafe { out_ptr.write(q0, &acc) };
             }
         });
         Ok(())
