@@ -315,20 +315,26 @@ impl Partial {
                 _ => {}
             }
         }
-        let file = if fresh {
-            let mut f =
-                File::create(path).with_context(|| format!("creating {}", path.display()))?;
-            let header = serde_json::to_string(&Header {
-                header: key.clone(),
-            })?;
-            writeln!(f, "{header}").with_context(|| format!("writing {}", path.display()))?;
-            f
-        } else {
-            std::fs::OpenOptions::new()
-                .append(true)
-                .open(path)
-                .with_context(|| format!("opening {}", path.display()))?
-        };
+        // Rewritten whole, from what was read, so a torn last line is not appended to.
+        let mut text = serde_json::to_string(&Header {
+            header: key.clone(),
+        })? + "\n";
+        if !fresh {
+            let mut kept: Vec<&ItemResult> = done.values().collect();
+            kept.sort_by(|a, b| (a.task, a.seed, &a.id).cmp(&(b.task, b.seed, &b.id)));
+            for r in kept {
+                text.push_str(&serde_json::to_string(r)?);
+                text.push('\n');
+            }
+        }
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, text)
+            .and_then(|_| std::fs::rename(&tmp, path))
+            .with_context(|| format!("writing {}", path.display()))?;
+        let file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
         Ok(Partial {
             done,
             file: Some(file),

@@ -283,14 +283,14 @@ enum Split {
 fn split_of(path: &Path) -> Option<Split> {
     let name = file_name_lower(path);
     let words: Vec<&str> = name.split(|c: char| !c.is_ascii_alphanumeric()).collect();
-    if words.iter().any(|w| *w == "train") {
+    if words.contains(&"train") {
         Some(Split::Train)
     } else if words
         .iter()
         .any(|w| matches!(*w, "dev" | "val" | "valid" | "validation"))
     {
         Some(Split::Dev)
-    } else if words.iter().any(|w| *w == "test") {
+    } else if words.contains(&"test") {
         Some(Split::Test)
     } else {
         None
