@@ -105,7 +105,7 @@ pub fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
 #[cfg(target_arch = "x86_64")]
 macro_rules! quant_kernels {
     ($features:literal, $dot:path) => {
-        use crate::cpu::dot::{f16_at, Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES};
+        use crate::cpu::dot::{Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES};
         use crate::cpu::q8::BlockQ8;
         use std::arch::x86_64::*;
 
@@ -134,65 +134,84 @@ macro_rules! quant_kernels {
             _mm256_loadu_si256(b.qs.as_ptr() as *const __m256i)
         }
 
-        /// Q4_0 row times N activation rows.
-        /// # Safety
-        /// The CPU has the enabled features; `row` holds `xs[i].len()` blocks for every i.
+        /// An f16 at `p` to f32 with F16C, in registers (no call, no feature test).
         #[target_feature(enable = $features)]
-        pub unsafe fn dot_q4_0<const N: usize>(row: &[u8], xs: [&[BlockQ8]; N]) -> [f32; N] {
-            let mut acc = [_mm256_setzero_ps(); N];
-            let mut offs = [0f32; N];
-            for (i, b) in row.chunks_exact(Q4_0_BYTES).enumerate() {
-                let d = f16_at(b, 0);
-                let w = unpack_nibbles(b.as_ptr().add(2));
-                for n in 0..N {
-                    let xb = xs[n].get_unchecked(i);
-                    let s = _mm256_cvtepi32_ps($dot(w, load_x(xb)));
-                    acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), s, acc[n]);
-                    offs[n] += d * xb.d * (8 * xb.isum) as f32;
-                }
-            }
-            std::array::from_fn(|n| hsum(acc[n]) - offs[n])
+        #[inline]
+        unsafe fn h2f(p: *const u8) -> f32 {
+            let bits = u16::from_le_bytes([*p, *p.add(1)]);
+            _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
         }
 
-        /// Q4_1 row times N activation rows.
+        /// R weight rows times N activation rows: `out[r][n] = row_r . x_n`. Each weight block
+        /// is unpacked once for the N tokens, each activation block loaded once for R rows,
+        /// and the R x N accumulators are independent chains the CPU can overlap.
         /// # Safety
-        /// The CPU has the enabled features; `row` holds `xs[i].len()` blocks for every i.
+        /// The CPU has the enabled features; every row holds `xs[n].len()` Q4_0 blocks.
         #[target_feature(enable = $features)]
-        pub unsafe fn dot_q4_1<const N: usize>(row: &[u8], xs: [&[BlockQ8]; N]) -> [f32; N] {
-            let mut acc = [_mm256_setzero_ps(); N];
-            let mut offs = [0f32; N];
-            for (i, b) in row.chunks_exact(Q4_1_BYTES).enumerate() {
-                let (d, m) = (f16_at(b, 0), f16_at(b, 2));
-                let w = unpack_nibbles(b.as_ptr().add(4));
-                for n in 0..N {
-                    let xb = xs[n].get_unchecked(i);
-                    let s = _mm256_cvtepi32_ps($dot(w, load_x(xb)));
-                    acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), s, acc[n]);
-                    offs[n] += m * xb.d * xb.isum as f32;
+        pub unsafe fn dot_q4_0<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[BlockQ8]; N]) -> [[f32; N]; R] {
+            let mut acc = [[_mm256_setzero_ps(); N]; R];
+            let mut offs = [[0f32; N]; R];
+            for i in 0..xs[0].len() {
+                for r in 0..R {
+                    let b = rows[r].as_ptr().add(i * Q4_0_BYTES);
+                    let d = h2f(b);
+                    let w = unpack_nibbles(b.add(2));
+                    for n in 0..N {
+                        let xb = xs[n].get_unchecked(i);
+                        let s = _mm256_cvtepi32_ps($dot(w, load_x(xb)));
+                        acc[r][n] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), s, acc[r][n]);
+                        offs[r][n] += d * xb.d * (8 * xb.isum) as f32;
+                    }
                 }
             }
-            std::array::from_fn(|n| hsum(acc[n]) + offs[n])
+            std::array::from_fn(|r| std::array::from_fn(|n| hsum(acc[r][n]) - offs[r][n]))
         }
 
-        /// Q8_0 row times N activation rows.
+        /// As [`dot_q4_0`], for Q4_1 rows.
         /// # Safety
-        /// The CPU has the enabled features; `row` holds `xs[i].len()` blocks for every i.
+        /// The CPU has the enabled features; every row holds `xs[n].len()` Q4_1 blocks.
         #[target_feature(enable = $features)]
-        pub unsafe fn dot_q8_0<const N: usize>(row: &[u8], xs: [&[BlockQ8]; N]) -> [f32; N] {
-            let mut acc = [_mm256_setzero_ps(); N];
-            for (i, b) in row.chunks_exact(Q8_0_BYTES).enumerate() {
-                let d = f16_at(b, 0);
-                let w = _mm256_loadu_si256(b.as_ptr().add(2) as *const __m256i);
-                // The integer products want one unsigned operand: move the weight's sign onto
-                // the activation.
-                let w_abs = _mm256_sign_epi8(w, w);
-                for n in 0..N {
-                    let xb = xs[n].get_unchecked(i);
-                    let s = _mm256_cvtepi32_ps($dot(w_abs, _mm256_sign_epi8(load_x(xb), w)));
-                    acc[n] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), s, acc[n]);
+        pub unsafe fn dot_q4_1<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[BlockQ8]; N]) -> [[f32; N]; R] {
+            let mut acc = [[_mm256_setzero_ps(); N]; R];
+            let mut offs = [[0f32; N]; R];
+            for i in 0..xs[0].len() {
+                for r in 0..R {
+                    let b = rows[r].as_ptr().add(i * Q4_1_BYTES);
+                    let (d, m) = (h2f(b), h2f(b.add(2)));
+                    let w = unpack_nibbles(b.add(4));
+                    for n in 0..N {
+                        let xb = xs[n].get_unchecked(i);
+                        let s = _mm256_cvtepi32_ps($dot(w, load_x(xb)));
+                        acc[r][n] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), s, acc[r][n]);
+                        offs[r][n] += m * xb.d * xb.isum as f32;
+                    }
                 }
             }
-            std::array::from_fn(|n| hsum(acc[n]))
+            std::array::from_fn(|r| std::array::from_fn(|n| hsum(acc[r][n]) + offs[r][n]))
+        }
+
+        /// As [`dot_q4_0`], for Q8_0 rows.
+        /// # Safety
+        /// The CPU has the enabled features; every row holds `xs[n].len()` Q8_0 blocks.
+        #[target_feature(enable = $features)]
+        pub unsafe fn dot_q8_0<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[BlockQ8]; N]) -> [[f32; N]; R] {
+            let mut acc = [[_mm256_setzero_ps(); N]; R];
+            for i in 0..xs[0].len() {
+                for r in 0..R {
+                    let b = rows[r].as_ptr().add(i * Q8_0_BYTES);
+                    let d = h2f(b);
+                    let w = _mm256_loadu_si256(b.add(2) as *const __m256i);
+                    // The integer products want one unsigned operand: move the weight's sign
+                    // onto the activation.
+                    let w_abs = _mm256_sign_epi8(w, w);
+                    for n in 0..N {
+                        let xb = xs[n].get_unchecked(i);
+                        let s = _mm256_cvtepi32_ps($dot(w_abs, _mm256_sign_epi8(load_x(xb), w)));
+                        acc[r][n] = _mm256_fmadd_ps(_mm256_set1_ps(d * xb.d), s, acc[r][n]);
+                    }
+                }
+            }
+            std::array::from_fn(|r| std::array::from_fn(|n| hsum(acc[r][n])))
         }
     };
 }
@@ -354,16 +373,19 @@ pub(crate) mod tests {
                 unsafe {
                     match kind {
                         QuantKind::Q4_0 => {
-                            out.extend($m::dot_q4_0(row, [xq]));
-                            out.extend($m::dot_q4_0(row, [xq; 4]));
+                            out.extend($m::dot_q4_0([row], [xq]).concat());
+                            out.extend($m::dot_q4_0([row], [xq; 4]).concat());
+                            out.extend($m::dot_q4_0([row; 4], [xq]).concat());
                         }
                         QuantKind::Q4_1 => {
-                            out.extend($m::dot_q4_1(row, [xq]));
-                            out.extend($m::dot_q4_1(row, [xq; 4]));
+                            out.extend($m::dot_q4_1([row], [xq]).concat());
+                            out.extend($m::dot_q4_1([row], [xq; 4]).concat());
+                            out.extend($m::dot_q4_1([row; 4], [xq]).concat());
                         }
                         QuantKind::Q8_0 => {
-                            out.extend($m::dot_q8_0(row, [xq]));
-                            out.extend($m::dot_q8_0(row, [xq; 4]));
+                            out.extend($m::dot_q8_0([row], [xq]).concat());
+                            out.extend($m::dot_q8_0([row], [xq; 4]).concat());
+                            out.extend($m::dot_q8_0([row; 4], [xq]).concat());
                         }
                     }
                 }

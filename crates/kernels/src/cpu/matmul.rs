@@ -187,7 +187,7 @@ pub fn matmul_with(
                     while t + 4 <= n {
                         let xs = [xrow(t), xrow(t + 1), xrow(t + 2), xrow(t + 3)];
                         for r in tile.clone() {
-                            let v = (k.four)(w.row(r), xs);
+                            let [v] = (k.four_tokens)([w.row(r)], xs);
                             for (j, v) in v.into_iter().enumerate() {
                                 // SAFETY: each (t, r) is written by exactly one thread.
                                 unsafe { out.write((t + j) * rows + r, v) };
@@ -196,9 +196,19 @@ pub fn matmul_with(
                         t += 4;
                     }
                     for t in t..n {
-                        for r in tile.clone() {
+                        let mut r = tile.start;
+                        // Four rows at a time: independent accumulator chains.
+                        while r + 4 <= tile.end {
+                            let v = (k.four_rows)([w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)], [xrow(t)]);
+                            for (j, [v]) in v.into_iter().enumerate() {
+                                // SAFETY: each (t, r) is written by exactly one thread.
+                                unsafe { out.write(t * rows + r + j, v) };
+                            }
+                            r += 4;
+                        }
+                        for r in r..tile.end {
                             // SAFETY: each (t, r) is written by exactly one thread.
-                            unsafe { out.write(t * rows + r, (k.one)(w.row(r), [xrow(t)])[0]) };
+                            unsafe { out.write(t * rows + r, (k.one)([w.row(r)], [xrow(t)])[0][0]) };
                         }
                     }
                 }
@@ -221,47 +231,50 @@ pub fn matmul_with(
     }
 }
 
-/// A weight row against one or four activation rows.
+/// Weight rows against activation rows: one row x one token (tails), four rows x one token
+/// (decode), one row x four tokens (prefill).
 struct QuantKernels {
-    one: fn(&[u8], [&[BlockQ8]; 1]) -> [f32; 1],
-    four: fn(&[u8], [&[BlockQ8]; 4]) -> [f32; 4],
+    one: fn([&[u8]; 1], [&[BlockQ8]; 1]) -> [[f32; 1]; 1],
+    four_rows: fn([&[u8]; 4], [&[BlockQ8]; 1]) -> [[f32; 1]; 4],
+    four_tokens: fn([&[u8]; 1], [&[BlockQ8]; 4]) -> [[f32; 4]; 1],
 }
 
 fn pick_quant_kernels(kind: QuantKind, feat: Features) -> QuantKernels {
     macro_rules! simd {
-        ($m:ident) => {
+        ($m:ident, $f:ident) => {
             // SAFETY (all): chosen only when the CPU has the module's instruction sets.
+            QuantKernels {
+                one: |r, x| unsafe { dot::$m::$f(r, x) },
+                four_rows: |r, x| unsafe { dot::$m::$f(r, x) },
+                four_tokens: |r, x| unsafe { dot::$m::$f(r, x) },
+            }
+        };
+    }
+    macro_rules! for_kind {
+        ($m:ident) => {
             match kind {
-                QuantKind::Q4_0 => QuantKernels {
-                    one: |r, x| unsafe { dot::$m::dot_q4_0(r, x) },
-                    four: |r, x| unsafe { dot::$m::dot_q4_0(r, x) },
-                },
-                QuantKind::Q4_1 => QuantKernels {
-                    one: |r, x| unsafe { dot::$m::dot_q4_1(r, x) },
-                    four: |r, x| unsafe { dot::$m::dot_q4_1(r, x) },
-                },
-                QuantKind::Q8_0 => QuantKernels {
-                    one: |r, x| unsafe { dot::$m::dot_q8_0(r, x) },
-                    four: |r, x| unsafe { dot::$m::dot_q8_0(r, x) },
-                },
+                QuantKind::Q4_0 => simd!($m, dot_q4_0),
+                QuantKind::Q4_1 => simd!($m, dot_q4_1),
+                QuantKind::Q8_0 => simd!($m, dot_q8_0),
             }
         };
     }
     #[cfg(target_arch = "x86_64")]
     {
         if feat.avx512_vnni {
-            return simd!(vnni);
+            return for_kind!(vnni);
         }
         if feat.avx2_fma {
-            return simd!(avx2);
+            return for_kind!(avx2);
         }
     }
     let _ = feat;
     macro_rules! portable {
         ($f:path) => {
             QuantKernels {
-                one: |r, x| [$f(r, x[0])],
-                four: |r, x| x.map(|x| $f(r, x)),
+                one: |r, x| [[$f(r[0], x[0])]],
+                four_rows: |r, x| r.map(|r| [$f(r, x[0])]),
+                four_tokens: |r, x| [x.map(|x| $f(r[0], x))],
             }
         };
     }
