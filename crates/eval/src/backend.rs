@@ -89,6 +89,25 @@ pub fn lm_eval_window(
     (input, context.len().saturating_sub(cut))
 }
 
+/// Requests grouped by identical context, in order of first appearance: each context with its
+/// (request index, continuation) pairs. A backend prefills each context once, then scores its
+/// continuations from the cached prefix; when every continuation of a group is one token and
+/// the context's tokens are a prefix of each whole text (the usual case: contexts end in
+/// "Answer:" and continuations are " A", " yes"), one forward pass scores the whole group from
+/// the logits at the context's last position.
+pub fn group_by_context(requests: &[(String, String)]) -> Vec<(&str, Vec<(usize, &str)>)> {
+    let mut groups: Vec<(&str, Vec<(usize, &str)>)> = Vec::new();
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    for (i, (ctx, cont)) in requests.iter().enumerate() {
+        let g = *index.entry(ctx.as_str()).or_insert_with(|| {
+            groups.push((ctx.as_str(), Vec::new()));
+            groups.len() - 1
+        });
+        groups[g].1.push((i, cont.as_str()));
+    }
+    groups
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -140,6 +159,22 @@ mod tests {
         // The context's trailing space would otherwise be a lone token.
         let (ctx2, cont2) = encode_pair("Answer: ", "yes", toy_encode).unwrap();
         assert_eq!((ctx2, cont2), (ctx, cont));
+    }
+
+    #[test]
+    fn groups_keep_first_appearance_order() {
+        let r: Vec<(String, String)> = [("c1", " A"), ("c1", " B"), ("c2", " yes"), ("c1", " C")]
+            .iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect();
+        let g = group_by_context(&r);
+        assert_eq!(
+            g,
+            vec![
+                ("c1", vec![(0, " A"), (1, " B"), (3, " C")]),
+                ("c2", vec![(2, " yes")])
+            ]
+        );
     }
 
     #[test]
