@@ -29,6 +29,7 @@ TORCH=torch==2.15.0
 TRANSFORMERS=transformers==5.24.0
 GGUF=gguf==0.19.0
 NUMPY=numpy==2.4.6
+ACCELERATE=accelerate==1.15.0
 pip_q=(--quiet --disable-pip-version-check)
 
 if [ ! -x .venv/bin/python ]; then
@@ -39,7 +40,7 @@ py=.venv/bin/python
 
 check() {
   "$py" - <<'EOF'
-import torch, transformers, gguf, numpy, sentencepiece, google.protobuf, tokenizers
+import torch, transformers, gguf, numpy, sentencepiece, google.protobuf, tokenizers, accelerate
 from importlib.metadata import version
 x = torch.ones(2) @ torch.ones(2)
 assert float(x) == 2.0, x
@@ -50,7 +51,7 @@ EOF
 }
 
 want_ok() {
-  "$py" - "$TORCH" "$TRANSFORMERS" "$GGUF" "$NUMPY" <<'EOF' 2>/dev/null
+  "$py" - "$TORCH" "$TRANSFORMERS" "$GGUF" "$NUMPY" "$ACCELERATE" <<'EOF' 2>/dev/null
 import sys
 from importlib.metadata import version
 for spec in sys.argv[1:]:
@@ -70,7 +71,11 @@ fi
 
 "$py" -m pip install "${pip_q[@]}" --upgrade pip
 # Everything except torch, with its dependencies (none of these pull torch in).
-"$py" -m pip install "${pip_q[@]}" "$TRANSFORMERS" "$GGUF" "$NUMPY" sentencepiece protobuf
+"$py" -m pip install "${pip_q[@]}" "$TRANSFORMERS" "$GGUF" "$NUMPY" sentencepiece protobuf \
+  psutil pyyaml packaging
+# accelerate (transformers needs it to load a GGUF file) requires torch: --no-deps, its other
+# dependencies are installed just above or by transformers.
+"$py" -m pip install "${pip_q[@]}" --no-deps "$ACCELERATE"
 # torch without its CUDA dependencies, then its pure-Python dependencies by hand, then the CUDA
 # runtime libraries libtorch links against (versions as torch 2.15.0's Requires-Dist pins them).
 "$py" -m pip install "${pip_q[@]}" --no-deps "$TORCH"
