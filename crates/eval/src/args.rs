@@ -170,6 +170,7 @@ impl EvalArgs {
                 cop_base: self
                     .cop_base
                     .map(|b| if b == 0 { CopBase::Zero } else { CopBase::One }),
+                skip_pool: self.shots == 0,
             },
             partial,
             model_file_hash: None,

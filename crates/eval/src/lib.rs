@@ -6,6 +6,18 @@
 //! [`scoring`] turn answers into predictions; [`report`] aggregates them. [`run_eval`] drives it
 //! all, resumably; [`EvalArgs`] are the CLI flags. [`perplexity`] scores text files
 //! (PPL and bits per byte) through a [`TokenScorer`].
+//!
+//! Wiring `meditron eval` in the CLI (a sketch):
+//! ```text
+//! #[derive(clap::Args)] struct Args { #[command(flatten)] model: ModelArgs,
+//!                                     #[command(flatten)] eval: eval::EvalArgs }
+//! eval::run_from_args(&args.eval, || {
+//!     let engine = LocalEngine::load(&args.model)?;            // implements eval::Backend
+//!     let hash = eval::hash_files(&engine.weight_files()).ok();
+//!     Ok((Box::new(engine) as Box<dyn eval::Backend>, hash))
+//! })?;
+//! ```
+//! The local `Backend::loglik` must split tokens as `backend`'s docs say to match lm-eval.
 
 pub mod args;
 pub mod backend;

@@ -538,7 +538,11 @@ pub fn run_eval(
     let mut tasks = Vec::new();
     let mut skipped = Vec::new();
     for &task in &opts.tasks {
-        let ds = match load_task(task, &opts.data, &opts.load) {
+        let load = LoadOptions {
+            skip_pool: opts.load.skip_pool || opts.shots == 0,
+            ..opts.load.clone()
+        };
+        let ds = match load_task(task, &opts.data, &load) {
             Ok(ds) => ds,
             Err(e) if opts.skip_missing && e.downcast_ref::<NoFiles>().is_some() => {
                 skipped.push(Skipped {

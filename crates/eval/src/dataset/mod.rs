@@ -150,6 +150,8 @@ pub struct NoFiles(pub String);
 pub struct LoadOptions {
     /// MedMCQA files whose `cop` values cannot tell the base themselves.
     pub cop_base: Option<CopBase>,
+    /// Do not read train/dev files (a 0-shot run needs no demonstrations).
+    pub skip_pool: bool,
 }
 
 /// A task's evaluation questions, its few-shot pool, and where they came from.
@@ -423,8 +425,8 @@ pub fn load_task(task: Task, data: &Path, opts: &LoadOptions) -> anyhow::Result<
     let result = match task {
         Task::Pubmedqa => load_pubmedqa(&mine, explicit.as_deref()),
         Task::Medmcqa => load_medmcqa(&mine, explicit.as_deref(), opts),
-        Task::Medqa | Task::Medqa4 => load_medqa(task, &mine, explicit.as_deref()),
-        Task::MmluMedical => load_mmlu(&mine, explicit.as_deref()),
+        Task::Medqa | Task::Medqa4 => load_medqa(task, &mine, explicit.as_deref(), opts),
+        Task::MmluMedical => load_mmlu(&mine, explicit.as_deref(), opts),
     };
     match result? {
         Some(ds) => Ok(dedupe_ids(ds)),
@@ -561,12 +563,13 @@ fn load_medmcqa(
         .iter()
         .copied()
         .filter(|f| f.split == Some(Split::Train) && !eval.iter().any(|e| e.path == f.path))
+        .filter(|_| !opts.skip_pool)
         .collect();
     for f in &train {
         let (items, _, _) = readers::medmcqa(&f.path, opts.cop_base)?;
         ds.fewshot_pool.extend(items);
     }
-    set_pool_source(&mut ds, &train);
+    set_pool_source(&mut ds, &train, opts);
     Ok(Some(ds))
 }
 
@@ -574,6 +577,7 @@ fn load_medqa(
     task: Task,
     files: &[Found],
     explicit: Option<&Path>,
+    opts: &LoadOptions,
 ) -> anyhow::Result<Option<Dataset>> {
     let want = task.n_options();
     let fits = |f: &&Found| f.n_options == Some(want);
@@ -604,15 +608,20 @@ fn load_medqa(
         .iter()
         .copied()
         .filter(|f| f.split == Some(Split::Train))
+        .filter(|_| !opts.skip_pool)
         .collect();
     for f in &train {
         ds.fewshot_pool.extend(readers::medqa(&f.path, task)?);
     }
-    set_pool_source(&mut ds, &train);
+    set_pool_source(&mut ds, &train, opts);
     Ok(Some(ds))
 }
 
-fn load_mmlu(files: &[Found], explicit: Option<&Path>) -> anyhow::Result<Option<Dataset>> {
+fn load_mmlu(
+    files: &[Found],
+    explicit: Option<&Path>,
+    opts: &LoadOptions,
+) -> anyhow::Result<Option<Dataset>> {
     let refs: Vec<&Found> = files.iter().collect();
     let eval = pick_eval(&refs, explicit, &[Some(Split::Test), None]);
     if eval.is_empty() {
@@ -679,6 +688,7 @@ fn load_mmlu(files: &[Found], explicit: Option<&Path>) -> anyhow::Result<Option<
             matches!(f.split, Some(Split::Dev) | Some(Split::Train)) && !ds.files.contains(&f.path)
         })
         .filter(|f| f.format == Format::MmluCais || subjects.contains(&mmlu_subject(&f.path)))
+        .filter(|_| !opts.skip_pool)
         .collect();
     for f in &pool_files {
         ds.fewshot_pool.extend(
@@ -687,7 +697,7 @@ fn load_mmlu(files: &[Found], explicit: Option<&Path>) -> anyhow::Result<Option<
                 .filter(|it| it.subject.as_ref().is_some_and(|s| subjects.contains(s))),
         );
     }
-    set_pool_source(&mut ds, &pool_files);
+    set_pool_source(&mut ds, &pool_files, opts);
     Ok(Some(ds))
 }
 
@@ -703,8 +713,10 @@ fn empty(task: Task) -> Dataset {
     }
 }
 
-fn set_pool_source(ds: &mut Dataset, pool_files: &[&Found]) {
-    if ds.fewshot_pool.is_empty() {
+fn set_pool_source(ds: &mut Dataset, pool_files: &[&Found], opts: &LoadOptions) {
+    if opts.skip_pool {
+        ds.fewshot_source = "not read (no shots)".into();
+    } else if ds.fewshot_pool.is_empty() {
         ds.fewshot_pool = ds.items.clone();
         ds.fewshot_source =
             "the evaluated questions (each item excluded from its own shots)".into();

@@ -142,39 +142,43 @@ pub fn read_json_records(path: &Path) -> Result<Vec<(Loc, Value)>, DataError> {
     Ok(out)
 }
 
-/// The first record of a JSON-lines or JSON file, read cheaply for layout detection.
+/// The first record of a JSON-lines or JSON file, for layout detection: a JSON-lines file's
+/// first line is read alone (train files are large); arrays and multi-line objects whole.
 pub fn first_json_record(path: &Path) -> Result<Option<Value>, DataError> {
-    let text = read_text(path)?;
-    let trimmed = text.trim_start();
-    if trimmed.starts_with('[') {
-        let values: Vec<Value> = serde_json::from_str(&text).map_err(|e| {
-            DataError::at(
-                path,
-                Some(Loc::Line(e.line())),
-                None,
-                format!("invalid JSON: {e}"),
-            )
-        })?;
-        return Ok(values.into_iter().next());
-    }
-    if trimmed.starts_with('{') {
-        // A JSON-lines file's first line, or a whole-file object (PubMedQA) when that fails.
-        if let Some((i, line)) = text.lines().enumerate().find(|(_, l)| !l.trim().is_empty()) {
-            if let Ok(v) = serde_json::from_str::<Value>(line) {
-                return Ok(Some(v));
-            }
-            let whole: Value = serde_json::from_str(&text).map_err(|e| {
-                DataError::at(
-                    path,
-                    Some(Loc::Line(e.line().max(i + 1))),
-                    None,
-                    format!("invalid JSON: {e}"),
-                )
-            })?;
-            return Ok(Some(whole));
+    use std::io::BufRead;
+    let file = std::fs::File::open(path)
+        .map_err(|e| DataError::at(path, None, None, format!("cannot read: {e}")))?;
+    let mut first = String::new();
+    for line in std::io::BufReader::new(file).lines() {
+        let line =
+            line.map_err(|e| DataError::at(path, None, None, format!("cannot read: {e}")))?;
+        if !line.trim().is_empty() {
+            first = line;
+            break;
         }
     }
-    Ok(None)
+    let trimmed = first.trim_start();
+    if trimmed.starts_with('{') {
+        if let Ok(v) = serde_json::from_str::<Value>(&first) {
+            return Ok(Some(v));
+        }
+    } else if !trimmed.starts_with('[') {
+        return Ok(None);
+    }
+    // A JSON array, or an object spread over lines (PubMedQA's ori_pqal.json).
+    let text = read_text(path)?;
+    let whole: Value = serde_json::from_str(&text).map_err(|e| {
+        DataError::at(
+            path,
+            Some(Loc::Line(e.line())),
+            None,
+            format!("invalid JSON: {e}"),
+        )
+    })?;
+    Ok(match whole {
+        Value::Array(values) => values.into_iter().next(),
+        other => Some(other),
+    })
 }
 
 pub fn read_text(path: &Path) -> Result<String, DataError> {

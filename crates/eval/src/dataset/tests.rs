@@ -163,6 +163,13 @@ fn medmcqa_hf_copy_is_zero_based_with_train_pool() {
     );
     assert_eq!(ds.fewshot_pool.len(), 3);
     assert!(ds.fewshot_source.ends_with("train.jsonl"));
+    let opts = LoadOptions {
+        skip_pool: true,
+        ..LoadOptions::default()
+    };
+    let no_pool = load_task(Task::Medmcqa, &testdata("medmcqa_hf"), &opts).unwrap();
+    assert!(no_pool.fewshot_pool.is_empty());
+    assert_eq!(no_pool.fewshot_source, "not read (no shots)");
     assert_eq!(ds.fewshot_pool[1].answer, 3);
 }
 
@@ -386,6 +393,7 @@ fn medmcqa_ambiguous_base_needs_the_flag() {
     );
     let opts = LoadOptions {
         cop_base: Some(CopBase::One),
+        ..LoadOptions::default()
     };
     let ds = load_task(Task::Medmcqa, &path, &opts).unwrap();
     assert_eq!(
@@ -398,6 +406,7 @@ fn medmcqa_ambiguous_base_needs_the_flag() {
     );
     let opts = LoadOptions {
         cop_base: Some(CopBase::Zero),
+        ..LoadOptions::default()
     };
     let ds = load_task(Task::Medmcqa, &path, &opts).unwrap();
     assert_eq!(
