@@ -9,7 +9,7 @@ use reqwest::{StatusCode, Url};
 use serde::Deserialize;
 use std::time::Duration;
 
-/// Renamed repos answer with relative redirects; more hops than this is a loop.
+/// Renamed repos answer with redirects within the Hub; more hops than this is a loop.
 const MAX_REDIRECTS: usize = 10;
 
 /// One file of a repository at one commit, as the listing describes it.
@@ -46,9 +46,12 @@ pub(crate) struct FileMeta {
     pub size: u64,
     /// True when the etag came from `X-Linked-Etag`, i.e. the file lives in LFS.
     pub is_lfs: bool,
-    /// Where the bytes are: the CDN for LFS files, the resolve URL itself for small files.
+    /// The commit-pinned resolve URL (after any rename redirects). Every ranged GET goes
+    /// through it rather than straight to the CDN location, because the CDN's signed URLs
+    /// expire and a 40 GB transfer, or its resume tomorrow, outlives them.
     pub download_url: Url,
-    /// Only the Hub itself gets the token, never the CDN it redirects to.
+    /// Whether `download_url` is on the endpoint's origin, i.e. may see the token (reqwest
+    /// drops it when a redirect leaves that origin, so the CDN never gets it).
     pub send_auth: bool,
 }
 
@@ -164,8 +167,9 @@ impl Api {
         Ok(RepoInfo { commit, files })
     }
 
-    /// `HEAD /{repo}/resolve/{commit}/{path}`, following relative redirects (renamed repos)
-    /// and stopping at the absolute one to the CDN, whose headers carry the LFS metadata.
+    /// `HEAD /{repo}/resolve/{commit}/{path}`, following redirects within the Hub (renamed
+    /// repos) and stopping at the one to the CDN, whose headers carry the LFS metadata
+    /// (its target is not kept, see [`FileMeta::download_url`]).
     pub fn file_meta(&self, repo: &str, revision: &str, path: &str) -> Result<FileMeta> {
         let mut url = self.url(&format!(
             "{repo}/resolve/{}/{}",
@@ -198,16 +202,13 @@ impl Api {
                     url: url.to_string(),
                     message: format!("bad redirect Location '{location}': {e}"),
                 })?;
-                if location.starts_with('/') && !location.starts_with("//") {
+                // Like huggingface_hub: hops within the Hub (renamed repos) are followed; the
+                // hop to another host (the CDN) ends the walk, its response has the metadata.
+                if self.same_origin(&target) {
                     url = target;
                     continue;
                 }
-                return meta_from_headers(
-                    response.headers(),
-                    &url,
-                    target.clone(),
-                    self.same_origin(&target),
-                );
+                return meta_from_headers(response.headers(), &url, url.clone(), send_auth);
             }
             let response = self.check(response, &url, &ctx)?;
             return meta_from_headers(response.headers(), &url, url.clone(), send_auth);

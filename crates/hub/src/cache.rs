@@ -3,10 +3,11 @@
 //! hf-hub 1.0 keeps its cache-path helpers crate-private and pulls in hf-xet and tokio, so we
 //! use 0.4's public `Repo::folder_name` and `CacheRepo::create_ref` for the parts it covers
 //! (folder naming, refs) and write the rest (blobs, relative snapshot links, locks, `.incomplete`
-//! files, the local-dir metadata) here.
+//! files, the `trees/` listing cache, the local-dir metadata) here.
 
+use crate::api::RemoteFile;
 use crate::error::{HubError, IoContext, Result};
-use crate::filter::FileFilter;
+use crate::filter::{is_weight_file, select, FileFilter, Selection};
 use crate::spec::is_commit_sha;
 use std::fs::File;
 use std::path::{Component, Path, PathBuf};
@@ -15,8 +16,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// File name suffix of a blob being downloaded, as huggingface_hub names it.
 pub(crate) const INCOMPLETE: &str = ".incomplete";
 
-/// Extensions of weight files: a snapshot without any is not a usable model.
-const WEIGHT_EXTENSIONS: &[&str] = &[".safetensors", ".gguf", ".bin", ".pt", ".pth"];
+/// huggingface_hub's `TREE_CACHE_FORMAT_VERSION`.
+const TREE_CACHE_FORMAT: u64 = 1;
 
 /// One model repository inside the hub cache: `models--{org}--{name}/`.
 pub(crate) struct RepoCache {
@@ -108,31 +109,71 @@ impl RepoCache {
         Ok(pointer)
     }
 
-    /// The snapshot folder for `revision` if the cache has one whose files are all there.
+    /// The snapshot folder for `revision` if the cache has one holding every file the
+    /// selection needs.
     pub fn cached_snapshot(
         &self,
         revision: &str,
         filter: &FileFilter,
+        selection: Selection,
     ) -> Result<Option<(String, PathBuf)>> {
         let Some(commit) = self.resolve_ref(revision)? else {
             return Ok(None);
         };
         let dir = self.snapshot_dir(&commit);
-        Ok(snapshot_complete(&dir, filter)
-            .is_ok()
-            .then_some((commit, dir)))
+        let listing = read_tree_cache(&self.tree_path(&commit));
+        Ok(
+            snapshot_complete(&dir, listing.as_deref(), filter, selection)
+                .is_ok()
+                .then_some((commit, dir)),
+        )
+    }
+
+    /// huggingface_hub's listing cache for a commit, `trees/{commit}.json`.
+    pub fn tree_path(&self, commit: &str) -> PathBuf {
+        self.root.join("trees").join(format!("{commit}.json"))
     }
 }
 
-/// Why a snapshot folder cannot serve as a model (missing weights, dangling links, shards
-/// named by an index but absent, an `--include` pattern that matches nothing), or Ok.
+/// Why a snapshot folder cannot serve the selection, or Ok.
 ///
-/// The cache records no list of a revision's files, so completeness is judged from what a
-/// model needs; `download` then fetches exactly the missing blobs.
+/// With the commit's listing (`trees/{commit}.json`, which we and huggingface_hub >= 1.x
+/// write) the answer is exact: every selected file must be there. Caches written by older
+/// tools have no listing; then it is judged from what a model needs: weights, config.json
+/// (unless GGUF), every shard an index names, a file for every `--include`.
 pub(crate) fn snapshot_complete(
     dir: &Path,
+    listing: Option<&[RemoteFile]>,
     filter: &FileFilter,
+    selection: Selection,
 ) -> std::result::Result<(), String> {
+    if let Some(listing) = listing {
+        let needed = select(listing, filter, selection)
+            .map_err(|ggufs| format!("it has several GGUF files ({})", ggufs.join(", ")))?;
+        if needed.is_empty() {
+            return Err("no file of the commit matches --include/--exclude".into());
+        }
+        let missing: Vec<&str> = needed
+            .iter()
+            .map(|f| f.path.as_str())
+            .filter(|path| !dir.join(path).is_file())
+            .collect();
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let shown = missing
+            .iter()
+            .take(5)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(format!(
+            "{} of {} needed files are not cached ({shown}{})",
+            missing.len(),
+            needed.len(),
+            if missing.len() > 5 { ", ..." } else { "" }
+        ));
+    }
     let files = list_files(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
     if files.is_empty() {
         return Err(format!("{} has no files", dir.display()));
@@ -155,10 +196,7 @@ pub(crate) fn snapshot_complete(
             return Err(format!("no cached file matches --include '{pattern}'"));
         }
     } else {
-        if !selected
-            .iter()
-            .any(|f| WEIGHT_EXTENSIONS.iter().any(|ext| f.ends_with(ext)))
-        {
+        if !selected.iter().any(|f| is_weight_file(f)) {
             return Err("no weight file (.safetensors, .gguf, .bin) is cached".into());
         }
         let has_gguf = selected.iter().any(|f| f.ends_with(".gguf"));
@@ -167,6 +205,62 @@ pub(crate) fn snapshot_complete(
         }
     }
     Ok(())
+}
+
+/// Reads a `trees/{commit}.json` listing; anything unreadable or of another format version is
+/// treated as absent, as huggingface_hub does.
+pub(crate) fn read_tree_cache(path: &Path) -> Option<Vec<RemoteFile>> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let json: serde_json::Value = serde_json::from_str(&text).ok()?;
+    if json.get("format_version")?.as_u64()? != TREE_CACHE_FORMAT {
+        return None;
+    }
+    json.get("files")?
+        .as_object()?
+        .iter()
+        .map(|(path, info)| {
+            Some(RemoteFile {
+                path: path.clone(),
+                size: Some(info.get("size")?.as_u64()?),
+                blob_id: Some(info.get("blob_id")?.as_str()?.to_string()),
+                lfs_sha256: info
+                    .get("lfs_sha256")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string),
+            })
+        })
+        .collect()
+}
+
+/// Writes the listing of a commit in huggingface_hub's tree-cache format, once: a commit
+/// never changes. Skipped when the listing lacks sizes or blob ids (older mirrors).
+pub(crate) fn write_tree_cache(path: &Path, listing: &[RemoteFile]) -> Result<()> {
+    if path.exists() {
+        return Ok(());
+    }
+    let mut files = serde_json::Map::new();
+    for file in listing {
+        let (Some(size), Some(blob_id)) = (file.size, &file.blob_id) else {
+            return Ok(());
+        };
+        let mut info = serde_json::json!({ "size": size, "blob_id": blob_id });
+        if let Some(sha256) = &file.lfs_sha256 {
+            info["lfs_sha256"] = sha256.clone().into();
+            info["lfs_size"] = size.into();
+        }
+        files.insert(file.path.clone(), info);
+    }
+    let json = serde_json::json!({ "format_version": TREE_CACHE_FORMAT, "files": files });
+    let text = serde_json::to_string_pretty(&json).map_err(|e| HubError::Io {
+        context: format!("encoding {}", path.display()),
+        source: std::io::Error::other(e),
+    })?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).io_context(|| format!("creating {}", dir.display()))?;
+    // Written aside and renamed, so a reader never sees half a listing.
+    let tmp = path.with_extension(format!("json.{}.tmp", std::process::id()));
+    std::fs::write(&tmp, text).io_context(|| format!("writing {}", tmp.display()))?;
+    std::fs::rename(&tmp, path).io_context(|| format!("writing {}", path.display()))
 }
 
 /// Shard file names from a `*.index.json` weight map (safetensors or PyTorch).
@@ -257,6 +351,15 @@ pub(crate) struct LocalDir {
 }
 
 impl LocalDir {
+    /// huggingface_hub keeps a local dir's listing cache under its hidden folder.
+    pub fn tree_path(&self, commit: &str) -> PathBuf {
+        self.root
+            .join(".cache")
+            .join("huggingface")
+            .join("trees")
+            .join(format!("{commit}.json"))
+    }
+
     fn download_dir(&self) -> PathBuf {
         self.root
             .join(".cache")
@@ -415,9 +518,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let snap = dir.path();
         let all = FileFilter::new(&[], &[]).unwrap();
-        assert!(snapshot_complete(snap, &all).is_err());
+        assert!(snapshot_complete(snap, None, &all, Selection::Model).is_err());
         std::fs::write(snap.join("config.json"), "{}").unwrap();
-        assert!(snapshot_complete(snap, &all)
+        assert!(snapshot_complete(snap, None, &all, Selection::Model)
             .unwrap_err()
             .contains("no weight file"));
         std::fs::write(
@@ -426,16 +529,55 @@ mod tests {
         )
         .unwrap();
         std::fs::write(snap.join("m-1.safetensors"), "").unwrap();
-        assert!(snapshot_complete(snap, &all)
+        assert!(snapshot_complete(snap, None, &all, Selection::Model)
             .unwrap_err()
             .contains("m-2.safetensors"));
         std::fs::write(snap.join("m-2.safetensors"), "").unwrap();
-        assert_eq!(snapshot_complete(snap, &all), Ok(()));
+        assert_eq!(
+            snapshot_complete(snap, None, &all, Selection::Model),
+            Ok(())
+        );
         let json_only = FileFilter::new(&["*.json".into()], &[]).unwrap();
-        assert_eq!(snapshot_complete(snap, &json_only), Ok(()));
+        assert_eq!(
+            snapshot_complete(snap, None, &json_only, Selection::Model),
+            Ok(())
+        );
         let missing = FileFilter::new(&["*.gguf".into()], &[]).unwrap();
-        assert!(snapshot_complete(snap, &missing)
+        assert!(snapshot_complete(snap, None, &missing, Selection::Model)
             .unwrap_err()
             .contains("*.gguf"));
+    }
+
+    #[test]
+    fn with_a_listing_every_selected_file_must_be_there() {
+        let dir = tempfile::tempdir().unwrap();
+        let snap = dir.path().join("snap");
+        std::fs::create_dir_all(&snap).unwrap();
+        let file = |path: &str, lfs: bool| RemoteFile {
+            path: path.into(),
+            size: Some(3),
+            blob_id: Some("b".repeat(40)),
+            lfs_sha256: lfs.then(|| "s".repeat(64)),
+        };
+        let listing = vec![
+            file("config.json", false),
+            file("model.safetensors", true),
+            file("tokenizer.json", false),
+        ];
+        let trees = dir.path().join("trees/c0ffee.json");
+        write_tree_cache(&trees, &listing).unwrap();
+        assert_eq!(read_tree_cache(&trees).unwrap(), listing, "round trip");
+        let all = FileFilter::new(&[], &[]).unwrap();
+        std::fs::write(snap.join("config.json"), "{}").unwrap();
+        std::fs::write(snap.join("model.safetensors"), "").unwrap();
+        assert_eq!(
+            snapshot_complete(&snap, Some(&listing), &all, Selection::Model),
+            Err("1 of 3 needed files are not cached (tokenizer.json)".into())
+        );
+        std::fs::write(snap.join("tokenizer.json"), "{}").unwrap();
+        assert_eq!(
+            snapshot_complete(&snap, Some(&listing), &all, Selection::Model),
+            Ok(())
+        );
     }
 }

@@ -2,12 +2,13 @@
 
 use crate::api::{Api, ErrorContext, RemoteFile};
 use crate::cache::{
-    checked_relative, snapshot_complete, FileLock, LocalDir, RepoCache, INCOMPLETE,
+    checked_relative, read_tree_cache, snapshot_complete, write_tree_cache, FileLock, LocalDir,
+    RepoCache, INCOMPLETE,
 };
 use crate::config::HubConfig;
 use crate::error::{HubError, IoContext, Result};
 use crate::fetch::{self, Checksum, Settings, Transfer};
-use crate::filter::FileFilter;
+use crate::filter::{select, FileFilter, Selection};
 use crate::progress::Progress;
 use crate::spec::RepoSpec;
 use indicatif::HumanBytes;
@@ -127,44 +128,68 @@ impl DownloadReport {
 }
 
 /// The model folder for `spec`: straight from the cache when `refs/<branch>` points at a
-/// snapshot that holds a usable model (no network at all), otherwise downloaded, fetching
-/// only what is missing. In offline mode only the cache is looked at.
+/// snapshot holding every file the model needs (no network at all), otherwise downloaded,
+/// fetching only what is missing. In offline mode only the cache is looked at.
 ///
-/// A set `opts.local_dir` means the model lives there: that is a download into it.
+/// Without `opts.include` "what the model needs" is what transformers' `from_pretrained`
+/// fetches: every small file plus the safetensors weights (not the same weights again as
+/// `.bin`), or the repo's one GGUF file; a repo with several GGUF files needs an include
+/// pattern choosing one. A set `opts.local_dir` means the model lives there: that is a
+/// download into it.
 pub fn resolve_model(spec: &RepoSpec, cfg: &HubConfig, opts: &DownloadOptions) -> Result<PathBuf> {
     if opts.local_dir.is_some() {
-        return download(spec, cfg, opts).map(|report| report.path);
+        return download_selection(spec, cfg, opts, Selection::Model).map(|report| report.path);
     }
     let filter = FileFilter::new(&opts.include, &opts.exclude)?;
     let cache = RepoCache::new(&cfg.cache_dir, &spec.repo_id);
-    if let Some((_, dir)) = cache.cached_snapshot(&spec.revision, &filter)? {
+    if let Some((_, dir)) = cache.cached_snapshot(&spec.revision, &filter, Selection::Model)? {
         return Ok(dir);
     }
     if cfg.offline {
-        return Err(offline_error(spec, cfg, &cache, &filter, opts));
+        return Err(offline_error(
+            spec,
+            cfg,
+            &cache,
+            &filter,
+            opts,
+            Selection::Model,
+        ));
     }
-    download(spec, cfg, opts).map(|report| report.path)
+    download_selection(spec, cfg, opts, Selection::Model).map(|report| report.path)
 }
 
-/// Downloads the files of `spec` selected by `opts` into the cache (or `opts.local_dir`),
-/// resuming interrupted transfers, verifying checksums, and reports what it did.
+/// Downloads the files of `spec` selected by `opts` (all of them by default, as
+/// huggingface-cli does) into the cache (or `opts.local_dir`), resuming interrupted
+/// transfers, verifying checksums, and reports what it did.
 pub fn download(
     spec: &RepoSpec,
     cfg: &HubConfig,
     opts: &DownloadOptions,
 ) -> Result<DownloadReport> {
+    download_selection(spec, cfg, opts, Selection::All)
+}
+
+fn download_selection(
+    spec: &RepoSpec,
+    cfg: &HubConfig,
+    opts: &DownloadOptions,
+    selection: Selection,
+) -> Result<DownloadReport> {
     let filter = FileFilter::new(&opts.include, &opts.exclude)?;
     let cache = RepoCache::new(&cfg.cache_dir, &spec.repo_id);
     if cfg.offline {
-        return offline_report(spec, cfg, &cache, &filter, opts);
+        return offline_report(spec, cfg, &cache, &filter, opts, selection);
     }
     let api = Api::new(&cfg.endpoint, cfg.token.clone(), opts.read_timeout)?;
     let info = api.repo_info(&spec.repo_id, &spec.revision)?;
     let commit = info.commit.clone();
-    let selected: Vec<RemoteFile> = info
-        .files
-        .iter()
-        .filter(|f| filter.matches(&f.path))
+    let selected: Vec<RemoteFile> = select(&info.files, &filter, selection)
+        .map_err(|ggufs| HubError::ChooseGguf {
+            repo: spec.repo_id.clone(),
+            revision: spec.revision.clone(),
+            files: ggufs.join(", "),
+        })?
+        .into_iter()
         .cloned()
         .collect();
     if selected.is_empty() {
@@ -204,6 +229,9 @@ pub fn download(
             Target::Cache(&cache)
         }
     };
+    // The commit's listing, so later runs (ours, and huggingface_hub's offline mode) know
+    // exactly which files a complete snapshot has.
+    write_tree_cache(&target.tree_path(&commit), &info.files)?;
 
     // Files already in place need no request at all; the rest are planned.
     let mut reports = Vec::new();
@@ -384,6 +412,13 @@ impl Target<'_> {
         }
     }
 
+    fn tree_path(&self, commit: &str) -> PathBuf {
+        match self {
+            Target::Cache(cache) => cache.tree_path(commit),
+            Target::Local(local) => local.tree_path(commit),
+        }
+    }
+
     fn space_dir(&self) -> PathBuf {
         match self {
             Target::Cache(cache) => cache.blobs_dir(),
@@ -415,14 +450,15 @@ fn offline_report(
     cache: &RepoCache,
     filter: &FileFilter,
     opts: &DownloadOptions,
+    selection: Selection,
 ) -> Result<DownloadReport> {
     let found = if opts.local_dir.is_some() {
         None
     } else {
-        cache.cached_snapshot(&spec.revision, filter)?
+        cache.cached_snapshot(&spec.revision, filter, selection)?
     };
     let Some((commit, dir)) = found else {
-        return Err(offline_error(spec, cfg, cache, filter, opts));
+        return Err(offline_error(spec, cfg, cache, filter, opts, selection));
     };
     let mut files = Vec::new();
     let mut stack = vec![(dir.clone(), String::new())];
@@ -467,13 +503,19 @@ fn offline_error(
     cache: &RepoCache,
     filter: &FileFilter,
     opts: &DownloadOptions,
+    selection: Selection,
 ) -> HubError {
     let detail = if opts.local_dir.is_some() {
         " (filling --local-dir needs the network)".to_string()
     } else {
         match cache.resolve_ref(&spec.revision) {
             Ok(None) => String::new(),
-            Ok(Some(commit)) => match snapshot_complete(&cache.snapshot_dir(&commit), filter) {
+            Ok(Some(commit)) => match snapshot_complete(
+                &cache.snapshot_dir(&commit),
+                read_tree_cache(&cache.tree_path(&commit)).as_deref(),
+                filter,
+                selection,
+            ) {
                 Ok(()) => String::new(),
                 Err(why) => format!(
                     " (its snapshot {} is incomplete: {why})",

@@ -54,6 +54,13 @@ pub enum HubError {
         available: String,
     },
 
+    #[error("'{repo}' at '{revision}' has several GGUF files ({files}); choose one with --include (e.g. --include '*Q4_K_M.gguf')")]
+    ChooseGguf {
+        repo: String,
+        revision: String,
+        files: String,
+    },
+
     #[error("invalid glob '{pattern}': {reason}")]
     InvalidGlob { pattern: String, reason: String },
 

@@ -45,10 +45,15 @@ impl RepoSpec {
         is_commit_sha(&self.revision)
     }
 
-    /// Cheap test for "this `--model` value is meant as a Hub repo, not a local path": a path
-    /// that does not exist but parses as a repo id is taken as one.
+    /// Whether a `--model` value that is not an existing path is meant as a Hub repo: a valid
+    /// `org/name[:branch]`. Un-namespaced ids (`gpt2`) and names of weight files are left out,
+    /// so a mistyped `model.gguf` gets "file not found", not a Hub request.
     pub fn looks_like_repo(input: &str) -> bool {
-        RepoSpec::parse(input, None).is_ok()
+        let repo = input.split(':').next().unwrap_or_default();
+        let is_file_name = [".gguf", ".safetensors", ".bin"]
+            .iter()
+            .any(|ext| repo.ends_with(ext));
+        repo.contains('/') && !is_file_name && RepoSpec::parse(input, None).is_ok()
     }
 }
 
@@ -227,6 +232,8 @@ mod tests {
             assert!(err.starts_with("invalid revision"), "{input:?}: {err}");
         }
         assert!(!RepoSpec::looks_like_repo("/models/llama/"));
+        assert!(!RepoSpec::looks_like_repo("model.gguf"));
+        assert!(!RepoSpec::looks_like_repo("models/model.gguf"));
         assert!(RepoSpec::looks_like_repo(
             "test-org/tiny-model:gptq-4bit-128g"
         ));

@@ -4,7 +4,8 @@
 mod fake_hub;
 
 use fake_hub::{
-    FakeHub, BROKEN_REPO, GATED_REPO, GPTQ_BRANCH, HUGE_REPO, RENAMED_REPO, REPO, VALID_TOKEN,
+    FakeHub, BROKEN_REPO, GATED_REPO, GGUF_REPO, GPTQ_BRANCH, HUGE_REPO, MULTI_FORMAT_REPO,
+    RENAMED_REPO, REPO, VALID_TOKEN,
 };
 use hub::{
     download, resolve_model, run_download_with, DownloadArgs, DownloadOptions, FileStatus,
@@ -365,6 +366,15 @@ fn missing_repo_branch_file_and_gated_repo_have_precise_messages() {
             .all(|r| r.authorization.as_deref() == Some("Bearer hf_valid_token")),
         "{hub_requests:?}"
     );
+    let cdn_requests: Vec<_> = requests[mark..]
+        .iter()
+        .filter(|r| r.path.starts_with("/cdn/"))
+        .collect();
+    assert!(!cdn_requests.is_empty());
+    assert!(
+        cdn_requests.iter().all(|r| r.authorization.is_none()),
+        "the token must not leave the Hub: {cdn_requests:?}"
+    );
 }
 
 #[test]
@@ -436,7 +446,7 @@ fn include_and_exclude_select_files() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("is incomplete: no weight file (.safetensors, .gguf, .bin) is cached"),
+        err.contains("is incomplete: 3 of 5 needed files are not cached (README.md, model.safetensors, tokenizer.json))"),
         "{err}"
     );
     let full = download(&gptq(), &cfg, &opts()).unwrap();
@@ -725,4 +735,93 @@ fn run_download_takes_the_cli_flags() {
         .unwrap_err()
         .to_string()
         .starts_with("invalid repo id 'not a repo'"));
+}
+
+#[test]
+fn resolve_model_fetches_what_the_model_needs() {
+    let Setup { hub, cfg, .. } = setup();
+    let dir = resolve_model(&spec(MULTI_FORMAT_REPO), &cfg, &opts()).unwrap();
+    assert!(dir.join("model.safetensors").is_file());
+    assert!(dir.join("tokenizer.json").is_file());
+    let bin = hub.file(MULTI_FORMAT_REPO, "main", "pytorch_model.bin");
+    assert!(
+        !dir.join("pytorch_model.bin").exists(),
+        "the same weights as .bin are not needed"
+    );
+    assert!(hub.cdn_gets(&bin.sha256(), 0).is_empty());
+    let before = hub.request_count();
+    assert_eq!(
+        resolve_model(&spec(MULTI_FORMAT_REPO), &cfg, &opts()).unwrap(),
+        dir
+    );
+    assert_eq!(hub.request_count(), before);
+    // `meditron download` takes everything, as huggingface-cli does.
+    let all = download(&spec(MULTI_FORMAT_REPO), &cfg, &opts()).unwrap();
+    assert_eq!(status_of(&all, "pytorch_model.bin"), FileStatus::Downloaded);
+    assert_eq!(status_of(&all, "model.safetensors"), FileStatus::Cached);
+}
+
+#[test]
+fn several_gguf_files_need_a_choice() {
+    let Setup { hub, cfg, .. } = setup();
+    assert_eq!(
+        resolve_model(&spec(GGUF_REPO), &cfg, &opts()).unwrap_err().to_string(),
+        "'test-org/tiny-gguf' at 'main' has several GGUF files (tiny.Q4_0.gguf, tiny.Q8_0.gguf); choose one with --include (e.g. --include '*Q4_K_M.gguf')"
+    );
+    let q8 = DownloadOptions {
+        include: vec!["*Q8_0.gguf".into()],
+        ..opts()
+    };
+    let dir = resolve_model(&spec(GGUF_REPO), &cfg, &q8).unwrap();
+    let names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["tiny.Q8_0.gguf"]);
+    let before = hub.request_count();
+    assert_eq!(resolve_model(&spec(GGUF_REPO), &cfg, &q8).unwrap(), dir);
+    assert_eq!(hub.request_count(), before);
+}
+
+#[test]
+fn the_listing_is_cached_in_huggingface_hub_format() {
+    let Setup { hub, cfg, _dir } = setup();
+    let report = download(&gptq(), &cfg, &opts()).unwrap();
+    let tree_file = repo_dir(&cfg, REPO)
+        .join("trees")
+        .join(format!("{}.json", report.commit));
+    let tree: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tree_file).unwrap()).unwrap();
+    assert_eq!(tree["format_version"], 1);
+    for file in hub.files(REPO, GPTQ_BRANCH) {
+        let entry = &tree["files"][&file.path];
+        assert_eq!(entry["size"], file.size(), "{}", file.path);
+        assert_eq!(entry["blob_id"], file.git_sha1().as_str(), "{}", file.path);
+        if file.lfs {
+            assert_eq!(entry["lfs_sha256"], file.sha256().as_str());
+            assert_eq!(entry["lfs_size"], file.size());
+        } else {
+            assert!(entry.get("lfs_sha256").is_none());
+        }
+    }
+    let local = _dir.path().join("local");
+    let in_dir = download(
+        &gptq(),
+        &cfg,
+        &DownloadOptions {
+            local_dir: Some(local.clone()),
+            ..opts()
+        },
+    )
+    .unwrap();
+    assert!(local
+        .join(".cache/huggingface/trees")
+        .join(format!("{}.json", in_dir.commit))
+        .is_file());
+
+    // A cache written by an older tool has no listing: the snapshot is judged by its content.
+    std::fs::remove_dir_all(repo_dir(&cfg, REPO).join("trees")).unwrap();
+    let before = hub.request_count();
+    assert_eq!(resolve_model(&gptq(), &cfg, &opts()).unwrap(), report.path);
+    assert_eq!(hub.request_count(), before);
 }

@@ -21,6 +21,8 @@ pub const GATED_REPO: &str = "test-org/gated-model";
 pub const RENAMED_REPO: &str = "test-org/old-name";
 pub const HUGE_REPO: &str = "test-org/huge-model";
 pub const BROKEN_REPO: &str = "test-org/broken-model";
+pub const MULTI_FORMAT_REPO: &str = "test-org/multi-format";
+pub const GGUF_REPO: &str = "test-org/tiny-gguf";
 pub const VALID_TOKEN: &str = "hf_valid_token";
 pub const GPTQ_BRANCH: &str = "gptq-4bit-128g";
 const SOCKET_TIMEOUT: Duration = Duration::from_secs(5);
@@ -217,7 +219,8 @@ impl Drop for FakeHub {
 
 /// `test-org/tiny-model` with branches `main` and `gptq-4bit-128g` (different commits, a shared
 /// tokenizer blob, LFS weights of a few MB), a gated repo, a renamed one, one too big for any
-/// disk and one that lists a file it cannot serve.
+/// disk, one that lists a file it cannot serve, one with the same weights as safetensors and
+/// as `.bin`, and one with two GGUF quantizations.
 fn standard_repos() -> BTreeMap<String, FakeRepo> {
     let tokenizer = FakeFile::new(
         "tokenizer.json",
@@ -279,6 +282,26 @@ fn standard_repos() -> BTreeMap<String, FakeRepo> {
         BROKEN_REPO.to_string(),
         repo(&[("main", broken_files)], false),
     );
+    let multi = vec![
+        FakeFile::new(
+            "config.json",
+            br#"{"architectures":["LlamaForCausalLM"]}"#.to_vec(),
+            false,
+        ),
+        FakeFile::new("tokenizer.json", br#"{"model":{}}"#.to_vec(), false),
+        FakeFile::new("model.safetensors", pseudo_random(6, 128 * 1024), true),
+        FakeFile::new("pytorch_model.bin", pseudo_random(7, 128 * 1024), true),
+    ];
+    repos.insert(
+        MULTI_FORMAT_REPO.to_string(),
+        repo(&[("main", multi)], false),
+    );
+    let ggufs = vec![
+        FakeFile::new("README.md", b"# tiny gguf\n".to_vec(), false),
+        FakeFile::new("tiny.Q4_0.gguf", pseudo_random(8, 96 * 1024), true),
+        FakeFile::new("tiny.Q8_0.gguf", pseudo_random(9, 160 * 1024), true),
+    ];
+    repos.insert(GGUF_REPO.to_string(), repo(&[("main", ggufs)], false));
     repos
 }
 
@@ -418,6 +441,14 @@ fn route(
     // /api/models/{org}/{name}/revision/{rev}
     if let Some(rest) = path.strip_prefix("/api/models/") {
         let parts: Vec<&str> = rest.splitn(4, '/').collect();
+        // /api/models/{org}/{name}/tree/{rev}: what huggingface_hub >= 0.2x lists files with.
+        if parts.len() == 4 && parts[2] == "tree" {
+            let repo_id = format!("{}/{}", parts[0], parts[1]);
+            return match lookup(state, &repo_id, parts[3], token) {
+                Ok((_, files)) => tree(&files),
+                Err(r) => r,
+            };
+        }
         if parts.len() == 4 && parts[2] == "revision" {
             let repo_id = format!("{}/{}", parts[0], parts[1]);
             if repo_id == RENAMED_REPO {
@@ -457,11 +488,16 @@ fn route(
             return Response::error(404, "EntryNotFound", "Entry not found");
         };
         if file.lfs {
+            // Another host name for the same socket: the CDN is another origin, so clients
+            // must stop following there and must not send it the token.
             let sha = file.sha256();
             return Response::new(302)
                 .header(
                     "Location",
-                    format!("http://{}/cdn/{sha}?signature=fake", state.addr),
+                    format!(
+                        "http://localhost:{}/cdn/{sha}?signature=fake",
+                        state.addr.port()
+                    ),
                 )
                 .header("X-Repo-Commit", commit)
                 .header("X-Linked-Etag", format!("\"{sha}\""))
@@ -541,6 +577,23 @@ fn listing(repo_id: &str, commit: &str, files: &[FakeFile], blobs: bool) -> Resp
     Response::new(200)
         .header("Content-Type", "application/json")
         .body(body.to_string().into_bytes())
+}
+
+fn tree(files: &[FakeFile]) -> Response {
+    let entries: Vec<serde_json::Value> = files
+        .iter()
+        .map(|f| {
+            let mut e =
+                json!({ "type": "file", "oid": f.git_sha1(), "size": f.size(), "path": f.path });
+            if f.lfs {
+                e["lfs"] = json!({ "oid": f.sha256(), "size": f.size(), "pointerSize": 134 });
+            }
+            e
+        })
+        .collect();
+    Response::new(200)
+        .header("Content-Type", "application/json")
+        .body(serde_json::Value::Array(entries).to_string().into_bytes())
 }
 
 /// `(status, bytes, Content-Range)` for an optional range request.
