@@ -472,6 +472,17 @@ fn all_tasks_skip_what_has_no_data_and_write_reports() {
     assert_eq!(v["params"]["mode"], "loglik");
     assert_eq!(v["tasks"][0]["n_items"], 5);
     assert!(v["tasks"][0]["acc"]["ci95"].is_array());
+    // `all` on one file runs that file's task only.
+    let one = EvalOptions {
+        data: shared_data().join("medmcqa/dev.jsonl"),
+        ..opts(&Task::ALL, Mode::Loglik, Some(3))
+    };
+    let report = run_eval(&mut first, &one, &mut NoProgress).unwrap();
+    assert_eq!(
+        report.tasks.iter().map(|t| t.task).collect::<Vec<_>>(),
+        [Task::Medmcqa]
+    );
+    assert_eq!(report.skipped.len(), 4);
     // Asking for a task that has no data is an error.
     let e = run_eval(
         &mut first,

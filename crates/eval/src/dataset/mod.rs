@@ -395,12 +395,14 @@ pub fn load_task(task: Task, data: &Path, opts: &LoadOptions) -> anyhow::Result<
             );
         };
         if !format.serves(task) {
-            anyhow::bail!(
+            // NoFiles, so that `--task all` on one file runs just that file's task.
+            return Err(NoFiles(format!(
                 "{} looks like {} ({}), not {task}",
                 data.display(),
                 format.task_family(),
                 format.describe()
-            );
+            ))
+            .into());
         }
         // Siblings give the few-shot pool (train/dev files) and PubMedQA's other half.
         let dir = data.parent().unwrap_or(Path::new("."));
@@ -594,7 +596,19 @@ fn load_medqa(
             }
         }
     }
-    let eval = pick_eval(&refs, explicit, &[Some(Split::Test), None]);
+    let mut eval = pick_eval(&refs, explicit, &[Some(Split::Test), None]);
+    // The MedQA release holds US (English), Mainland and Taiwan questions; Meditron and
+    // lm-eval evaluate the US set, so in a folder with several regions only US is read.
+    let us = |f: &&Found| f.path.components().any(|c| c.as_os_str() == "US");
+    let mut other_regions = Vec::new();
+    if eval.len() > 1 && eval.iter().any(us) {
+        other_regions = eval
+            .iter()
+            .filter(|f| !us(f))
+            .map(|f| f.path.clone())
+            .collect();
+        eval.retain(us);
+    }
     if eval.is_empty() {
         return Ok(None);
     }
@@ -604,10 +618,17 @@ fn load_medqa(
         ds.layouts.push(f.format.describe().to_string());
         ds.files.push(f.path.clone());
     }
+    if !other_regions.is_empty() {
+        ds.notes.push(format!(
+            "not read (not the US set): {}",
+            records::display(&other_regions)
+        ));
+    }
     let train: Vec<&Found> = refs
         .iter()
         .copied()
         .filter(|f| f.split == Some(Split::Train))
+        .filter(|f| other_regions.is_empty() || us(f))
         .filter(|_| !opts.skip_pool)
         .collect();
     for f in &train {

@@ -196,6 +196,28 @@ fn medqa_five_and_four_options_from_one_folder() {
 }
 
 #[test]
+fn medqa_folder_with_regions_reads_the_us_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = testdata("medqa/US");
+    for region in ["US", "Mainland"] {
+        std::fs::create_dir_all(dir.path().join(region)).unwrap();
+        for f in ["test.jsonl", "train.jsonl"] {
+            std::fs::copy(base.join(f), dir.path().join(region).join(f)).unwrap();
+        }
+    }
+    let ds = load(Task::Medqa, dir.path());
+    assert_eq!(ds.items.len(), 3);
+    assert_eq!(ds.fewshot_pool.len(), 2);
+    assert!(ds.files[0].ends_with("US/test.jsonl"));
+    assert!(
+        ds.notes[0].starts_with("not read (not the US set): ")
+            && ds.notes[0].ends_with("Mainland/test.jsonl"),
+        "{:?}",
+        ds.notes
+    );
+}
+
+#[test]
 fn medqa_bigbio_and_hf_layouts() {
     let ds = load(Task::Medqa, &testdata("medqa_bigbio/test.jsonl"));
     assert_eq!(ds.layouts, ["MedQA bigbio (options list of key/value)"]);
@@ -305,10 +327,20 @@ fn pubmedqa_mini_keeps_file_order() {
 
 #[test]
 fn a_file_of_another_task_is_named() {
-    let e = err(Task::Pubmedqa, &testdata("medmcqa_hf/validation.jsonl"));
+    let e = load_task(
+        Task::Pubmedqa,
+        &testdata("medmcqa_hf/validation.jsonl"),
+        &LoadOptions::default(),
+    )
+    .unwrap_err();
     assert!(
-        e.ends_with("looks like medmcqa (MedMCQA), not pubmedqa"),
+        e.to_string()
+            .ends_with("looks like medmcqa (MedMCQA), not pubmedqa"),
         "{e}"
+    );
+    assert!(
+        e.downcast_ref::<NoFiles>().is_some(),
+        "so --task all runs the file's own task"
     );
     let e = err(Task::Pubmedqa, Path::new("/no/such/place"));
     assert!(e.contains("no such file or folder"), "{e}");
