@@ -12,6 +12,10 @@ struct Cli {
     download: hub::DownloadArgs,
 }
 
-fn main() -> anyhow::Result<()> {
-    hub::run_download(&Cli::parse().download)
+fn main() {
+    // Printed as the meditron binary prints errors: the whole cause chain on one line.
+    if let Err(e) = hub::run_download(&Cli::parse().download) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -11,6 +11,8 @@ use std::time::Duration;
 
 /// Renamed repos answer with redirects within the Hub; more hops than this is a loop.
 const MAX_REDIRECTS: usize = 10;
+/// Tries of a listing or metadata request that meets a transient failure.
+const API_ATTEMPTS: u32 = 3;
 
 /// One file of a repository at one commit, as the listing describes it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,10 +113,7 @@ impl Api {
                 .timeout(read_timeout)
                 .redirect(policy)
                 .build()
-                .map_err(|source| HubError::Network {
-                    url: endpoint.to_string(),
-                    source,
-                })
+                .map_err(|e| HubError::network(endpoint.to_string(), &e))
         };
         Ok(Api {
             follow: build(reqwest::redirect::Policy::limited(MAX_REDIRECTS))?,
@@ -135,17 +134,16 @@ impl Api {
             "api/models/{repo}/revision/{}?blobs=true",
             encode(revision, false)
         ))?;
-        let response = self.send(self.follow.get(url.clone()), &url, true)?;
+        let response = self.send_retrying(self.follow.get(url.clone()), &url, true)?;
         let ctx = ErrorContext {
             repo,
             revision,
             path: None,
         };
         let response = self.check(response, &url, &ctx)?;
-        let body = response.text().map_err(|source| HubError::Network {
-            url: url.to_string(),
-            source,
-        })?;
+        let body = response
+            .text()
+            .map_err(|e| HubError::network(url.to_string(), &e))?;
         let info: ApiModelInfo = serde_json::from_str(&body).map_err(|e| HubError::Protocol {
             url: url.to_string(),
             message: format!("bad repo listing JSON: {e}"),
@@ -187,7 +185,7 @@ impl Api {
                 .manual
                 .head(url.clone())
                 .header(ACCEPT_ENCODING, "identity");
-            let response = self.send(request, &url, send_auth)?;
+            let response = self.send_retrying(request, &url, send_auth)?;
             if response.status().is_redirection() {
                 let location = header(response.headers(), LOCATION.as_str()).ok_or_else(|| {
                     HubError::Protocol {
@@ -230,15 +228,50 @@ impl Api {
         self.send(request, url, send_auth)
     }
 
-    fn send(&self, request: RequestBuilder, url: &Url, send_auth: bool) -> Result<Response> {
-        let request = match (&self.token, send_auth) {
+    /// Listing and metadata requests are cheap and idempotent, so a dropped connection or a
+    /// 5xx/429 from a busy Hub is tried again a few times before it fails the download. A
+    /// refused connection or a timeout is not: waiting again only makes the user wait longer.
+    fn send_retrying(
+        &self,
+        request: RequestBuilder,
+        url: &Url,
+        send_auth: bool,
+    ) -> Result<Response> {
+        let mut delay = Duration::from_millis(250);
+        for _ in 1..API_ATTEMPTS {
+            let Some(attempt) = request.try_clone() else {
+                break;
+            };
+            let transient = match self.authorize(attempt, send_auth).send() {
+                Ok(response) => {
+                    let status = response.status();
+                    if !(status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS) {
+                        return Ok(response);
+                    }
+                    true
+                }
+                Err(e) => !(e.is_connect() || e.is_timeout() || e.is_builder()),
+            };
+            if !transient {
+                break;
+            }
+            std::thread::sleep(delay);
+            delay *= 2;
+        }
+        self.send(request, url, send_auth)
+    }
+
+    fn authorize(&self, request: RequestBuilder, send_auth: bool) -> RequestBuilder {
+        match (&self.token, send_auth) {
             (Some(token), true) => request.header(AUTHORIZATION, format!("Bearer {token}")),
             _ => request,
-        };
-        request.send().map_err(|source| HubError::Network {
-            url: url.to_string(),
-            source,
-        })
+        }
+    }
+
+    fn send(&self, request: RequestBuilder, url: &Url, send_auth: bool) -> Result<Response> {
+        self.authorize(request, send_auth)
+            .send()
+            .map_err(|e| HubError::network(url.to_string(), &e))
     }
 
     /// Turns a non-success answer into the most precise error its status and the Hub's

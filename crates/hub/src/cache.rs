@@ -253,7 +253,7 @@ pub(crate) fn write_tree_cache(path: &Path, listing: &[RemoteFile]) -> Result<()
     let json = serde_json::json!({ "format_version": TREE_CACHE_FORMAT, "files": files });
     let text = serde_json::to_string_pretty(&json).map_err(|e| HubError::Io {
         context: format!("encoding {}", path.display()),
-        source: std::io::Error::other(e),
+        cause: std::io::Error::other(e),
     })?;
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).io_context(|| format!("creating {}", dir.display()))?;

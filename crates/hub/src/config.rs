@@ -49,7 +49,7 @@ impl HubConfig {
                     (None, None) => {
                         return Err(HubError::Io {
                             context: "cannot locate the Hugging Face cache".into(),
-                            source: std::io::Error::other(
+                            cause: std::io::Error::other(
                                 "none of HF_HOME, XDG_CACHE_HOME, HOME is set; set HF_HOME",
                             ),
                         })

@@ -90,22 +90,41 @@ pub enum HubError {
         detail: String,
     },
 
-    #[error("network error talking to {url}: {source}")]
-    Network {
-        url: String,
-        #[source]
-        source: reqwest::Error,
-    },
+    #[error("network error talking to {url}: {detail}; check the connection and HF_ENDPOINT (transfers resume where they stopped; HF_HUB_OFFLINE=1 uses only the cache)")]
+    Network { url: String, detail: String },
 
     #[error("unexpected answer from {url}: {message}")]
     Protocol { url: String, message: String },
 
-    #[error("{context}: {source}")]
+    #[error("{context}: {cause}")]
     Io {
         context: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
+}
+
+impl HubError {
+    /// A reqwest error with its whole cause chain spelt out ("connection refused" sits three
+    /// levels down), since the top level only says "error sending request".
+    pub(crate) fn network(url: impl ToString, error: &reqwest::Error) -> Self {
+        let mut parts: Vec<String> = Vec::new();
+        let mut cause: Option<&dyn std::error::Error> = Some(error);
+        while let Some(e) = cause {
+            let text = e.to_string();
+            if !parts.contains(&text) {
+                parts.push(text);
+            }
+            cause = e.source();
+        }
+        // The top level repeats the URL the message already names.
+        if parts.len() > 1 {
+            parts.remove(0);
+        }
+        HubError::Network {
+            url: url.to_string(),
+            detail: parts.join(": "),
+        }
+    }
 }
 
 pub type Result<T, E = HubError> = std::result::Result<T, E>;
@@ -117,9 +136,9 @@ pub(crate) trait IoContext<T> {
 
 impl<T> IoContext<T> for std::io::Result<T> {
     fn io_context(self, what: impl FnOnce() -> String) -> Result<T> {
-        self.map_err(|source| HubError::Io {
+        self.map_err(|cause| HubError::Io {
             context: what(),
-            source,
+            cause,
         })
     }
 }

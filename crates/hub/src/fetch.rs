@@ -349,7 +349,7 @@ fn stream_range(
             Err(e) => {
                 return Attempt::Retry(HubError::Io {
                     context: format!("reading {}", t.url),
-                    source: e,
+                    cause: e,
                 })
             }
         };
@@ -374,7 +374,7 @@ fn stream_range(
         if let Err(e) = file.write_all(&data[..room]) {
             return Attempt::Fatal(HubError::Io {
                 context: format!("writing {}", segment.path.display()),
-                source: e,
+                cause: e,
             });
         }
         *have += room as u64;

@@ -825,3 +825,26 @@ fn the_listing_is_cached_in_huggingface_hub_format() {
     assert_eq!(resolve_model(&gptq(), &cfg, &opts()).unwrap(), report.path);
     assert_eq!(hub.request_count(), before);
 }
+
+#[test]
+fn an_unreachable_endpoint_says_so() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = HubConfig::new(&format!("http://127.0.0.1:{port}"), dir.path());
+    let started = Instant::now();
+    let err = download(&spec(REPO), &cfg, &opts())
+        .unwrap_err()
+        .to_string();
+    assert!(err.starts_with(&format!("network error talking to http://127.0.0.1:{port}/api/models/test-org/tiny-model/revision/main?blobs=true: ")), "{err}");
+    assert!(err.to_lowercase().contains("connection refused"), "{err}");
+    assert!(err.ends_with("check the connection and HF_ENDPOINT (transfers resume where they stopped; HF_HUB_OFFLINE=1 uses only the cache)"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a refused connection is not retried"
+    );
+}
