@@ -110,10 +110,11 @@ impl DownloadReport {
         let total: u64 = self.files.iter().map(|f| f.size).sum();
         let short = &self.commit[..self.commit.len().min(10)];
         let mut line = format!(
-            "{}:{} (commit {short}): {} files, {}; downloaded {}",
+            "{}:{} (commit {short}): {} file{}, {}; downloaded {}",
             self.repo_id,
             self.revision,
             self.files.len(),
+            if self.files.len() == 1 { "" } else { "s" },
             HumanBytes(total),
             HumanBytes(self.downloaded_bytes()),
         );

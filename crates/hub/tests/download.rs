@@ -724,7 +724,7 @@ fn run_download_takes_the_cli_flags() {
     assert_eq!(report.files.len(), 1);
     assert_eq!(report.commit, hub.commit(GATED_REPO, "main"));
     assert!(report.summary().starts_with(&format!(
-        "test-org/gated-model:main (commit {}): 1 files",
+        "test-org/gated-model:main (commit {}): 1 file,",
         &report.commit[..10]
     )));
     let bad = DownloadArgs {

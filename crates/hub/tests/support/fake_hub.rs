@@ -444,7 +444,7 @@ fn route(
         // /api/models/{org}/{name}/tree/{rev}: what huggingface_hub >= 0.2x lists files with.
         if parts.len() == 4 && parts[2] == "tree" {
             let repo_id = format!("{}/{}", parts[0], parts[1]);
-            return match lookup(state, &repo_id, parts[3], token) {
+            return match lookup(state, &repo_id, parts[3], token, false) {
                 Ok((_, files)) => tree(&files),
                 Err(r) => r,
             };
@@ -462,7 +462,7 @@ fn route(
                     format!("/api/models/{REPO}/revision/{}{q}", parts[3]),
                 );
             }
-            return match lookup(state, &repo_id, parts[3], token) {
+            return match lookup(state, &repo_id, parts[3], token, false) {
                 Ok((commit, files)) => {
                     listing(&repo_id, &commit, &files, query.contains("blobs=true"))
                 }
@@ -480,7 +480,7 @@ fn route(
                 format!("/{REPO}/resolve/{}/{}", parts[3], parts[4]),
             );
         }
-        let (commit, files) = match lookup(state, &repo_id, parts[3], token) {
+        let (commit, files) = match lookup(state, &repo_id, parts[3], token, true) {
             Ok(found) => found,
             Err(r) => return r,
         };
@@ -524,12 +524,14 @@ fn route(
 }
 
 /// The real Hub answers 401 for an unknown repo without a token (it might be private) and 404
-/// with one; gated repos answer 401 without a token and 403 with a wrong one.
+/// with one. A gated repo's listing is public; its files (`gate`) answer 401 without a token
+/// and 403 with a wrong one.
 fn lookup(
     state: &State,
     repo_id: &str,
     rev: &str,
     token: Option<&str>,
+    gate: bool,
 ) -> Result<(String, Vec<FakeFile>), Response> {
     let Some(repo) = state.repos.get(repo_id) else {
         let status = if token.is_some() { 404 } else { 401 };
@@ -539,7 +541,7 @@ fn lookup(
             "Repository not found",
         ));
     };
-    if repo.gated && token != Some(VALID_TOKEN) {
+    if gate && repo.gated && token != Some(VALID_TOKEN) {
         let status = if token.is_some() { 403 } else { 401 };
         let message = format!("Access to model {repo_id} is restricted. You must have access to it and be authenticated to access it. Please log in.");
         return Err(Response::error(status, "GatedRepo", &message));
