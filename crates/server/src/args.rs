@@ -98,7 +98,11 @@ pub struct Limits {
 impl Limits {
     /// Fills the defaults from the model (`max_context` tokens, `kv_bytes_per_token` of cache
     /// per token) and checks the flags against each other as TGI's launcher does.
-    pub fn resolve(args: &ServeArgs, max_context: usize, kv_bytes_per_token: usize) -> Result<Limits> {
+    pub fn resolve(
+        args: &ServeArgs,
+        max_context: usize,
+        kv_bytes_per_token: usize,
+    ) -> Result<Limits> {
         let max_total_tokens = args.max_total_tokens.unwrap_or(max_context.min(4096));
         if max_total_tokens < 2 {
             bail!("--max-total-tokens must be at least 2, got {max_total_tokens}");
@@ -112,7 +116,9 @@ impl Limits {
                 "--max-input-tokens ({max_input_tokens}) must be at least 1 and less than --max-total-tokens ({max_total_tokens})"
             );
         }
-        let max_batch_prefill_tokens = args.max_batch_prefill_tokens.unwrap_or(max_input_tokens + 50);
+        let max_batch_prefill_tokens = args
+            .max_batch_prefill_tokens
+            .unwrap_or(max_input_tokens + 50);
         if max_batch_prefill_tokens < max_input_tokens {
             bail!(
                 "--max-batch-prefill-tokens ({max_batch_prefill_tokens}) must be at least --max-input-tokens ({max_input_tokens})"

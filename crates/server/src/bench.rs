@@ -65,7 +65,11 @@ fn stats(mut v: Vec<f64>) -> Stats {
     }
     v.sort_by(f64::total_cmp);
     let pct = |p: f64| v[((v.len() - 1) as f64 * p).round() as usize] * 1e3;
-    Stats { mean: v.iter().sum::<f64>() / v.len() as f64 * 1e3, p50: pct(0.5), p99: pct(0.99) }
+    Stats {
+        mean: v.iter().sum::<f64>() / v.len() as f64 * 1e3,
+        p50: pct(0.5),
+        p99: pct(0.99),
+    }
 }
 
 /// The results of one level of the sweep.
@@ -102,13 +106,49 @@ impl SplitMix {
 }
 
 const WORDS: &[&str] = &[
-    "the", "patient", "was", "given", "a", "dose", "of", "and", "after", "two", "days", "her", "fever", "fell", "blood",
-    "pressure", "heart", "rate", "normal", "treatment", "with", "for", "is", "in", "to", "doctor", "said", "study",
-    "trial", "results", "showed", "risk", "disease", "cells", "care", "hospital",
+    "the",
+    "patient",
+    "was",
+    "given",
+    "a",
+    "dose",
+    "of",
+    "and",
+    "after",
+    "two",
+    "days",
+    "her",
+    "fever",
+    "fell",
+    "blood",
+    "pressure",
+    "heart",
+    "rate",
+    "normal",
+    "treatment",
+    "with",
+    "for",
+    "is",
+    "in",
+    "to",
+    "doctor",
+    "said",
+    "study",
+    "trial",
+    "results",
+    "showed",
+    "risk",
+    "disease",
+    "cells",
+    "care",
+    "hospital",
 ];
 
 fn prompt(rng: &mut SplitMix, words: usize) -> String {
-    (0..words).map(|_| WORDS[(rng.next() % WORDS.len() as u64) as usize]).collect::<Vec<_>>().join(" ")
+    (0..words)
+        .map(|_| WORDS[(rng.next() % WORDS.len() as u64) as usize])
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Streams one request and times its tokens.
@@ -121,8 +161,12 @@ async fn one(client: &HttpClient, url: &str, inputs: String, output_len: usize) 
     let request = hyper::Request::post(format!("{url}/generate_stream"))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())));
-    let Ok(request) = request else { return Sample::default() };
-    let Ok(response) = client.request(request).await else { return Sample::default() };
+    let Ok(request) = request else {
+        return Sample::default();
+    };
+    let Ok(response) = client.request(request).await else {
+        return Sample::default();
+    };
     if !response.status().is_success() {
         return Sample::default();
     }
@@ -131,14 +175,22 @@ async fn one(client: &HttpClient, url: &str, inputs: String, output_len: usize) 
     let mut s = Sample::default();
     let mut last = start;
     while let Some(frame) = body.frame().await {
-        let Ok(frame) = frame else { return Sample::default() };
-        let Some(data) = frame.data_ref() else { continue };
+        let Ok(frame) = frame else {
+            return Sample::default();
+        };
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
         buf.extend_from_slice(data);
         while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
             let event: Vec<u8> = buf.drain(..end + 2).collect();
             let text = String::from_utf8_lossy(&event);
-            let Some(payload) = text.trim().strip_prefix("data:") else { continue };
-            let Ok(v) = serde_json::from_str::<Value>(payload.trim()) else { continue };
+            let Some(payload) = text.trim().strip_prefix("data:") else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<Value>(payload.trim()) else {
+                continue;
+            };
             if v.get("error").is_some() {
                 return Sample::default();
             }
@@ -182,14 +234,24 @@ fn summarize(label: String, samples: &[Sample], duration: f64) -> LevelResult {
 }
 
 /// Runs `n` requests with at most `concurrency` in flight.
-async fn closed_loop(client: &HttpClient, args: &BenchServeArgs, concurrency: usize, n: usize) -> LevelResult {
+async fn closed_loop(
+    client: &HttpClient,
+    args: &BenchServeArgs,
+    concurrency: usize,
+    n: usize,
+) -> LevelResult {
     let mut rng = SplitMix(args.seed);
     let prompts: Vec<String> = (0..n).map(|_| prompt(&mut rng, args.input_len)).collect();
     let queue = Arc::new(std::sync::Mutex::new(prompts));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (client, queue, url, out) = (client.clone(), queue.clone(), args.url.clone(), args.output_len);
+        let (client, queue, url, out) = (
+            client.clone(),
+            queue.clone(),
+            args.url.clone(),
+            args.output_len,
+        );
         tasks.push(tokio::spawn(async move {
             let mut samples = Vec::new();
             loop {
@@ -204,7 +266,11 @@ async fn closed_loop(client: &HttpClient, args: &BenchServeArgs, concurrency: us
     for t in tasks {
         samples.extend(t.await.unwrap_or_default());
     }
-    summarize(format!("concurrency {concurrency}"), &samples, start.elapsed().as_secs_f64())
+    summarize(
+        format!("concurrency {concurrency}"),
+        &samples,
+        start.elapsed().as_secs_f64(),
+    )
 }
 
 /// Runs `n` requests arriving as a Poisson process of `rate` per second.
@@ -215,7 +281,9 @@ async fn open_loop(client: &HttpClient, args: &BenchServeArgs, rate: f64, n: usi
     for _ in 0..n {
         let p = prompt(&mut rng, args.input_len);
         let (client, url, out) = (client.clone(), args.url.clone(), args.output_len);
-        tasks.push(tokio::spawn(async move { one(&client, &url, p, out).await }));
+        tasks.push(tokio::spawn(
+            async move { one(&client, &url, p, out).await },
+        ));
         let gap = -(1.0 - rng.unit()).ln() / rate;
         tokio::time::sleep(Duration::from_secs_f64(gap)).await;
     }
@@ -223,7 +291,11 @@ async fn open_loop(client: &HttpClient, args: &BenchServeArgs, rate: f64, n: usi
     for t in tasks {
         samples.push(t.await.unwrap_or_default());
     }
-    summarize(format!("rate {rate}/s"), &samples, start.elapsed().as_secs_f64())
+    summarize(
+        format!("rate {rate}/s"),
+        &samples,
+        start.elapsed().as_secs_f64(),
+    )
 }
 
 fn table(results: &[LevelResult]) -> String {
@@ -262,9 +334,15 @@ pub async fn bench_serve(args: &BenchServeArgs) -> Result<Vec<LevelResult>> {
     if args.output_len == 0 || args.input_len == 0 {
         bail!("--input-len and --output-len must be at least 1");
     }
-    let client: HttpClient = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build_http();
-    let health = hyper::Request::get(format!("{}/health", args.url)).body(Full::new(Bytes::new()))?;
-    let response = client.request(health).await.with_context(|| format!("no server at {}", args.url))?;
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(256)
+        .build_http();
+    let health =
+        hyper::Request::get(format!("{}/health", args.url)).body(Full::new(Bytes::new()))?;
+    let response = client
+        .request(health)
+        .await
+        .with_context(|| format!("no server at {}", args.url))?;
     if !response.status().is_success() {
         bail!("{} is not healthy: {}", args.url, response.status());
     }
@@ -276,11 +354,14 @@ pub async fn bench_serve(args: &BenchServeArgs) -> Result<Vec<LevelResult>> {
             let c = c.max(1);
             let n = args.num_prompts.unwrap_or((4 * c).max(8));
             results.push(closed_loop(&client, args, c, n).await);
-            eprint!("{}", table(std::slice::from_ref(&results[results.len() - 1])));
+            eprint!(
+                "{}",
+                table(std::slice::from_ref(&results[results.len() - 1]))
+            );
         }
     } else {
         for &rate in &args.request_rate {
-            if !(rate > 0.0) {
+            if rate.is_nan() || rate <= 0.0 {
                 bail!("--request-rate values must be positive, got {rate}");
             }
             let n = args.num_prompts.unwrap_or(32);
@@ -292,7 +373,10 @@ pub async fn bench_serve(args: &BenchServeArgs) -> Result<Vec<LevelResult>> {
 
 /// `meditron bench-serve`: runs the sweep, prints the table, writes JSON when asked.
 pub fn run_bench_serve(args: BenchServeArgs) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    // One thread: the client usually shares the machine with the server it measures.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     let results = runtime.block_on(bench_serve(&args))?;
     println!(
         "input {} words, output {} tokens per request\n\n{}",
@@ -302,7 +386,8 @@ pub fn run_bench_serve(args: BenchServeArgs) -> Result<()> {
     );
     if let Some(path) = &args.json {
         let v = Value::Array(results.iter().map(to_json).collect());
-        std::fs::write(path, serde_json::to_string_pretty(&v)?).with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&v)?)
+            .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

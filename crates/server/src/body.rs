@@ -30,9 +30,9 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
 /// `bytes` as JSON of type `T`, with messages that say what is wrong and where.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => {
-            ApiError::Unprocessable(format!("Failed to deserialize the JSON body into the target type: {e}"))
-        }
+        serde_json::error::Category::Data => ApiError::Unprocessable(format!(
+            "Failed to deserialize the JSON body into the target type: {e}"
+        )),
         _ => ApiError::BadRequest(format!("Failed to parse the request body as JSON: {e}")),
     })
 }
@@ -49,10 +49,22 @@ mod tests {
 
     #[test]
     fn syntax_is_400_and_shape_is_422() {
-        assert!(matches!(parse::<Body>(b"{\"inputs\": "), Err(ApiError::BadRequest(_))));
-        assert!(matches!(parse::<Body>(b"{\"inputs\": 3}"), Err(ApiError::Unprocessable(_))));
-        assert!(matches!(parse::<Body>(b"{}"), Err(ApiError::Unprocessable(_))));
-        assert!(matches!(parse::<Body>(b"{\"inputs\": \"\xff\xfe\"}"), Err(ApiError::BadRequest(_))));
+        assert!(matches!(
+            parse::<Body>(b"{\"inputs\": "),
+            Err(ApiError::BadRequest(_))
+        ));
+        assert!(matches!(
+            parse::<Body>(b"{\"inputs\": 3}"),
+            Err(ApiError::Unprocessable(_))
+        ));
+        assert!(matches!(
+            parse::<Body>(b"{}"),
+            Err(ApiError::Unprocessable(_))
+        ));
+        assert!(matches!(
+            parse::<Body>(b"{\"inputs\": \"\xff\xfe\"}"),
+            Err(ApiError::BadRequest(_))
+        ));
         assert!(parse::<Body>(b"{\"inputs\": \"ok\"}").is_ok());
     }
 }

@@ -67,10 +67,15 @@ pub struct Scored {
 /// `Error` at any point ends it.
 #[derive(Debug)]
 pub enum Event {
-    Admitted { queue_time: Duration },
+    Admitted {
+        queue_time: Duration,
+    },
     /// Scores of prompt tokens 1.. (the first token has no context to be scored in).
     Prompt(Vec<Scored>),
-    Token { token: Scored, finish: Option<FinishReason> },
+    Token {
+        token: Scored,
+        finish: Option<FinishReason>,
+    },
     Finished(FinishReason),
     Error(String),
 }
@@ -116,32 +121,38 @@ impl EngineHandle {
         let (tx, rx) = std::sync::mpsc::channel();
         let alive = Arc::new(AtomicBool::new(true));
         let alive2 = alive.clone();
-        let thread = std::thread::Builder::new().name("meditron-engine".into()).spawn(move || {
-            let pool = match threads {
-                Some(n) => kernels::cpu::ThreadPool::new(n),
-                None => kernels::cpu::ThreadPool::with_default_threads(),
-            };
-            let cache = model.new_cache(limits.max_batch_total_tokens);
-            let mut engine = Engine {
-                total_blocks: cache.capacity_tokens() / BLOCK_TOKENS,
-                model,
-                cache,
-                pool,
-                eos_ids,
-                limits,
-                metrics,
-                waiting: VecDeque::new(),
-                running: Vec::new(),
-                reserved_blocks: 0,
-            };
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run(&rx)));
-            if result.is_err() {
-                tracing::error!("the engine thread panicked; the server is unhealthy");
-                engine.fail_all("the engine stopped unexpectedly");
-            }
-            alive2.store(false, Ordering::SeqCst);
-        })?;
-        Ok(EngineHandle { client: EngineClient { tx, alive }, thread: Some(thread) })
+        let thread = std::thread::Builder::new()
+            .name("meditron-engine".into())
+            .spawn(move || {
+                let pool = match threads {
+                    Some(n) => kernels::cpu::ThreadPool::new(n),
+                    None => kernels::cpu::ThreadPool::with_default_threads(),
+                };
+                let cache = model.new_cache(limits.max_batch_total_tokens);
+                let mut engine = Engine {
+                    total_blocks: cache.capacity_tokens() / BLOCK_TOKENS,
+                    model,
+                    cache,
+                    pool,
+                    eos_ids,
+                    limits,
+                    metrics,
+                    waiting: VecDeque::new(),
+                    running: Vec::new(),
+                    reserved_blocks: 0,
+                };
+                let result =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run(&rx)));
+                if result.is_err() {
+                    tracing::error!("the engine thread panicked; the server is unhealthy");
+                    engine.fail_all("the engine stopped unexpectedly");
+                }
+                alive2.store(false, Ordering::SeqCst);
+            })?;
+        Ok(EngineHandle {
+            client: EngineClient { tx, alive },
+            thread: Some(thread),
+        })
     }
 
     pub fn client(&self) -> EngineClient {
@@ -252,7 +263,9 @@ impl Engine {
                     }
                 }
                 Err(TryRecvError::Empty) => return true,
-                Err(TryRecvError::Disconnected) => return !(self.running.is_empty() && self.waiting.is_empty()),
+                Err(TryRecvError::Disconnected) => {
+                    return !(self.running.is_empty() && self.waiting.is_empty())
+                }
             }
         }
     }
@@ -275,13 +288,16 @@ impl Engine {
     /// Admits queued requests, oldest first, while their whole budget fits in the cache.
     fn admit(&mut self) {
         while let Some(front) = self.waiting.front() {
-            let budget = (front.prompt.len() + front.max_new_tokens).min(self.model.config.max_context);
+            let budget =
+                (front.prompt.len() + front.max_new_tokens).min(self.model.config.max_context);
             let need = Self::blocks_for(budget);
             if self.reserved_blocks + need > self.total_blocks {
                 // FIFO without skipping: a long request is not starved by short ones.
                 break;
             }
-            let Some(req) = self.waiting.pop_front() else { break };
+            let Some(req) = self.waiting.pop_front() else {
+                break;
+            };
             let req = *req;
             let queue_time = req.arrived.elapsed();
             self.metrics.queue_seconds.observe(queue_time.as_secs_f64());
@@ -290,7 +306,9 @@ impl Engine {
                 continue;
             }
             if req.prompt.is_empty() {
-                let _ = req.events.send(Event::Error("the prompt has no tokens".into()));
+                let _ = req
+                    .events
+                    .send(Event::Error("the prompt has no tokens".into()));
                 continue;
             }
             let seq = self.cache.add_sequence();
@@ -317,7 +335,8 @@ impl Engine {
         m.requests_running.set(self.running.len() as i64);
         m.requests_waiting.set(self.waiting.len() as i64);
         let free_blocks = self.cache.free_tokens() / BLOCK_TOKENS;
-        m.kv_pages_used.set(self.total_blocks.saturating_sub(free_blocks) as i64);
+        m.kv_pages_used
+            .set(self.total_blocks.saturating_sub(free_blocks) as i64);
     }
 
     /// One forward pass over a decode token of every generating sequence and prompt chunks.
@@ -329,7 +348,12 @@ impl Engine {
         let mut decoding = 0;
         for (i, r) in self.running.iter().enumerate() {
             if r.fed >= r.prompt_len {
-                batch.push(BatchToken { token: r.tokens[r.fed], seq: r.seq, pos: r.fed, logits: true });
+                batch.push(BatchToken {
+                    token: r.tokens[r.fed],
+                    seq: r.seq,
+                    pos: r.fed,
+                    logits: true,
+                });
                 rows.push(Row::Sample(i));
                 advance[i] = 1;
                 decoding += 1;
@@ -350,7 +374,12 @@ impl Engine {
             for pos in r.fed..r.fed + n {
                 let last = pos + 1 == r.prompt_len;
                 let mark = last || r.req.prompt_logprobs;
-                batch.push(BatchToken { token: r.tokens[pos], seq: r.seq, pos, logits: mark });
+                batch.push(BatchToken {
+                    token: r.tokens[pos],
+                    seq: r.seq,
+                    pos,
+                    logits: mark,
+                });
                 if last {
                     rows.push(Row::Sample(i));
                 } else if mark {
@@ -385,11 +414,17 @@ impl Engine {
             }
         }
         self.remove_done();
+        self.publish_gauges();
         let m = &self.metrics;
         m.batch_size.observe(sequences as f64);
         m.batch_tokens.observe(batch.len() as f64);
         m.step_seconds.observe(started.elapsed().as_secs_f64());
-        tracing::trace!(sequences, tokens = batch.len(), ms = started.elapsed().as_secs_f64() * 1e3, "engine step");
+        tracing::trace!(
+            sequences,
+            tokens = batch.len(),
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "engine step"
+        );
     }
 
     /// Picks the next token of running sequence `i` from its logits row and sends it.
@@ -408,7 +443,9 @@ impl Engine {
             r.done = true;
             return;
         }
-        let id = r.sampler.sample(logits, &r.tokens, &r.tokens[r.prompt_len..]);
+        let id = r
+            .sampler
+            .sample(logits, &r.tokens, &r.tokens[r.prompt_len..]);
         let token = score(logits, id, r.req.logprobs, r.req.top_n);
         r.tokens.push(id);
         r.generated += 1;
@@ -456,11 +493,18 @@ impl Engine {
 /// The log-probability of `id` under `logits` (when `want`) and the `top_n` most likely tokens.
 pub fn score(logits: &[f32], id: u32, want: bool, top_n: usize) -> Scored {
     if !want && top_n == 0 {
-        return Scored { id, logprob: f32::NAN, top: Vec::new() };
+        return Scored {
+            id,
+            logprob: f32::NAN,
+            top: Vec::new(),
+        };
     }
     let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     let log_sum = max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
-    let logprob = logits.get(id as usize).map(|&x| x - log_sum).unwrap_or(f32::NEG_INFINITY);
+    let logprob = logits
+        .get(id as usize)
+        .map(|&x| x - log_sum)
+        .unwrap_or(f32::NEG_INFINITY);
     let mut top: Vec<TokenLogprob> = Vec::with_capacity(top_n + 1);
     if top_n > 0 {
         for (t, &x) in logits.iter().enumerate() {
@@ -469,7 +513,13 @@ pub fn score(logits: &[f32], id: u32, want: bool, top_n: usize) -> Scored {
             }
             // Ties keep the lower id first, as a stable sort by logit would.
             let at = top.partition_point(|e| e.logprob >= x);
-            top.insert(at, TokenLogprob { id: t as u32, logprob: x });
+            top.insert(
+                at,
+                TokenLogprob {
+                    id: t as u32,
+                    logprob: x,
+                },
+            );
             top.truncate(top_n);
         }
         for e in &mut top {

@@ -41,7 +41,9 @@ pub enum ApiError {
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
-            ApiError::Validation(_) | ApiError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            ApiError::Validation(_) | ApiError::Unprocessable(_) => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Overloaded => StatusCode::TOO_MANY_REQUESTS,
@@ -80,7 +82,9 @@ impl ApiError {
         let (kind, code) = match self {
             ApiError::Overloaded => ("rate_limit_error", "rate_limit_exceeded"),
             ApiError::Unauthorized => ("invalid_request_error", "invalid_api_key"),
-            ApiError::Generation(_) | ApiError::IncompleteGeneration => ("server_error", "generation_failed"),
+            ApiError::Generation(_) | ApiError::IncompleteGeneration => {
+                ("server_error", "generation_failed")
+            }
             ApiError::Unhealthy | ApiError::ShuttingDown => ("server_error", "unavailable"),
             ApiError::NotFound(_) => ("invalid_request_error", "not_found"),
             _ => ("invalid_request_error", "invalid_request"),
@@ -128,7 +132,13 @@ mod tests {
             assert_eq!(e.status().as_u16(), status);
             assert_eq!(e.tgi_body()["error_type"], kind);
         }
-        assert_eq!(ApiError::Overloaded.tgi_body()["error"], "Model is overloaded");
-        assert_eq!(ApiError::Overloaded.openai_body()["error"]["message"], "Model is overloaded");
+        assert_eq!(
+            ApiError::Overloaded.tgi_body()["error"],
+            "Model is overloaded"
+        );
+        assert_eq!(
+            ApiError::Overloaded.openai_body()["error"]["message"],
+            "Model is overloaded"
+        );
     }
 }

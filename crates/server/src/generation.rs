@@ -70,7 +70,11 @@ impl Generation {
     /// Sum of the generated tokens' log-probabilities divided by their number.
     pub fn mean_logprob(&self) -> f32 {
         let n = self.tokens.len().max(1) as f32;
-        self.tokens.iter().filter_map(|t| t.token.logprob).sum::<f32>() / n
+        self.tokens
+            .iter()
+            .filter_map(|t| t.token.logprob)
+            .sum::<f32>()
+            / n
     }
 }
 
@@ -106,7 +110,10 @@ pub enum Item {
 
 /// Starts a generation; its items arrive on the returned receiver. Dropping the receiver stops
 /// the generation within one engine step.
-pub fn start(state: &Arc<AppState>, req: GenRequest) -> Result<mpsc::UnboundedReceiver<Item>, ApiError> {
+pub fn start(
+    state: &Arc<AppState>,
+    req: GenRequest,
+) -> Result<mpsc::UnboundedReceiver<Item>, ApiError> {
     let (engine_tx, engine_rx) = mpsc::unbounded_channel();
     let (tx, rx) = mpsc::unbounded_channel();
     let engine_req = crate::engine::EngineRequest {
@@ -157,7 +164,10 @@ fn scored_text(state: &AppState, s: &Scored) -> (TokenText, Vec<TokenText>) {
     let top = s
         .top
         .iter()
-        .map(|e| TokenText { logprob: finite(e.logprob), ..token_text(state, e.id) })
+        .map(|e| TokenText {
+            logprob: finite(e.logprob),
+            ..token_text(state, e.id)
+        })
         .collect();
     (t, top)
 }
@@ -176,7 +186,6 @@ async fn follow(
 ) {
     let tok = state.tokenizer.clone();
     let mut raw = IncrementalDecoder::new(&tok, false);
-    let mut visible = IncrementalDecoder::new(&tok, true);
     let mut stops = StopMatcher::new(&req.stop);
     let mut tokens: Vec<TokenOut> = Vec::new();
     let mut prompt = Vec::new();
@@ -213,14 +222,38 @@ async fn follow(
                 if timings.first_token.is_none() {
                     timings.first_token = Some(req.arrived.elapsed());
                 }
-                let (text, top) = scored_text(&state, &token);
-                let decoded = (raw.push(token.id), visible.push(token.id));
-                let (Ok(piece), Ok(shown)) = decoded else {
-                    fail(&out, ApiError::Generation("detokenizing the generated tokens failed".into()));
+                let Ok(piece) = raw.push(token.id) else {
+                    fail(
+                        &out,
+                        ApiError::Generation("detokenizing the generated tokens failed".into()),
+                    );
                     return;
                 };
-                let (shown, stopped) = stops.push(&shown);
-                let t = TokenOut { token: text, piece, visible: shown, top };
+                // One decoder serves both views: a special token adds nothing to the visible
+                // text. Decoding is per token on a 2-core machine shared with the forward pass,
+                // so each decode saved here is time the engine gets back.
+                let special = tok.is_special(token.id);
+                let (shown, stopped) = stops.push(if special { "" } else { &piece });
+                let text = TokenText {
+                    id: token.id,
+                    text: piece.clone(),
+                    logprob: finite(token.logprob),
+                    special,
+                };
+                let top = token
+                    .top
+                    .iter()
+                    .map(|e| TokenText {
+                        logprob: finite(e.logprob),
+                        ..token_text(&state, e.id)
+                    })
+                    .collect();
+                let t = TokenOut {
+                    token: text,
+                    piece,
+                    visible: shown,
+                    top,
+                };
                 tokens.push(t.clone());
                 match (stopped, finish) {
                     (true, _) => FinishReason::StopSequence,
@@ -237,7 +270,7 @@ async fn follow(
         };
         let mut tail = String::new();
         if finish != FinishReason::StopSequence {
-            let rest = visible.finish().unwrap_or_default();
+            let rest = raw.finish().unwrap_or_default();
             let (shown, stopped) = stops.push(&rest);
             tail.push_str(&shown);
             if !stopped {
@@ -271,7 +304,8 @@ fn record(state: &AppState, t: &Timings, n_tokens: usize) {
         m.time_to_first_token_seconds.observe(ttft.as_secs_f64());
         if n_tokens > 1 {
             let after_first = t.total.saturating_sub(ttft);
-            m.time_per_output_token_seconds.observe(after_first.as_secs_f64() / (n_tokens - 1) as f64);
+            m.time_per_output_token_seconds
+                .observe(after_first.as_secs_f64() / (n_tokens - 1) as f64);
         }
     }
     m.request_seconds.observe(t.total.as_secs_f64());

@@ -53,11 +53,18 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
 
 /// `GET /metrics`: Prometheus text format.
 pub async fn metrics(State(state): State<Arc<AppState>>) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()).into_response()
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
 }
 
 fn created() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// `GET /v1/models`: the one model served.
@@ -91,7 +98,10 @@ pub async fn tokenizer_info(State(state): State<Arc<AppState>>) -> Json<Value> {
 
 /// `POST /tokenize`. TGI's form `{"inputs"}` answers a list of `{id, text, start, stop}`;
 /// vLLM's form `{"prompt", "add_special_tokens"}` (lm-eval) answers `{"tokens", "count"}`.
-pub async fn tokenize(State(state): State<Arc<AppState>>, body: Result<JsonBody<Value>, ApiError>) -> Response {
+pub async fn tokenize(
+    State(state): State<Arc<AppState>>,
+    body: Result<JsonBody<Value>, ApiError>,
+) -> Response {
     match tokenize_inner(&state, body) {
         Ok(v) => Json(v).into_response(),
         Err(e) => e.into_response(),
@@ -104,7 +114,10 @@ struct VllmTokenize {
     add_special_tokens: Option<bool>,
 }
 
-fn tokenize_inner(state: &AppState, body: Result<JsonBody<Value>, ApiError>) -> Result<Value, ApiError> {
+fn tokenize_inner(
+    state: &AppState,
+    body: Result<JsonBody<Value>, ApiError>,
+) -> Result<Value, ApiError> {
     let JsonBody(body) = body?;
     let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     if body.get("inputs").is_some() {
@@ -118,9 +131,13 @@ fn tokenize_inner(state: &AppState, body: Result<JsonBody<Value>, ApiError>) -> 
     if body.get("prompt").is_some() {
         let req: VllmTokenize = parse(&bytes)?;
         let ids = state.encode(&req.prompt, req.add_special_tokens.unwrap_or(true))?;
-        return Ok(json!({ "count": ids.len(), "max_model_len": state.limits.max_total_tokens, "tokens": ids }));
+        return Ok(
+            json!({ "count": ids.len(), "max_model_len": state.limits.max_total_tokens, "tokens": ids }),
+        );
     }
-    Err(ApiError::Unprocessable("expected `inputs` (TGI) or `prompt` (vLLM) in the body".into()))
+    Err(ApiError::Unprocessable(
+        "expected `inputs` (TGI) or `prompt` (vLLM) in the body".into(),
+    ))
 }
 
 /// TGI's token list: each token's text and its byte span in `inputs`.
@@ -130,8 +147,13 @@ fn tgi_tokens(state: &AppState, inputs: &str, ids: &[u32]) -> Vec<Value> {
     ids.iter()
         .enumerate()
         .map(|(i, &id)| {
-            let added_bos = i == 0 && state.tokenizer.add_bos() && Some(id) == state.tokenizer.bos_id();
-            let piece = if added_bos { String::new() } else { decoder.push(id).unwrap_or_default() };
+            let added_bos =
+                i == 0 && state.tokenizer.add_bos() && Some(id) == state.tokenizer.bos_id();
+            let piece = if added_bos {
+                String::new()
+            } else {
+                decoder.push(id).unwrap_or_default()
+            };
             // The decoded text equals the input for the tokenizers served here; clamp anyway.
             let start = offset.min(inputs.len());
             let stop = (offset + piece.len()).min(inputs.len());
@@ -147,12 +169,24 @@ pub struct Detokenize {
 }
 
 /// `POST /detokenize`: `{"tokens": [ids]}` to `{"prompt": text}` (vLLM's shape).
-pub async fn detokenize(State(state): State<Arc<AppState>>, body: Result<JsonBody<Detokenize>, ApiError>) -> Response {
+pub async fn detokenize(
+    State(state): State<Arc<AppState>>,
+    body: Result<JsonBody<Detokenize>, ApiError>,
+) -> Response {
     let result = body.and_then(|JsonBody(d)| {
-        if let Some(bad) = d.tokens.iter().find(|&&t| t as usize >= state.tokenizer.vocab_size()) {
-            return Err(ApiError::Validation(format!("token id {bad} is not in the vocabulary")));
+        if let Some(bad) = d
+            .tokens
+            .iter()
+            .find(|&&t| t as usize >= state.tokenizer.vocab_size())
+        {
+            return Err(ApiError::Validation(format!(
+                "token id {bad} is not in the vocabulary"
+            )));
         }
-        state.tokenizer.decode(&d.tokens, false).map_err(|e| ApiError::Validation(e.to_string()))
+        state
+            .tokenizer
+            .decode(&d.tokens, false)
+            .map_err(|e| ApiError::Validation(e.to_string()))
     });
     match result {
         Ok(text) => Json(json!({ "prompt": text })).into_response(),

@@ -49,11 +49,21 @@ struct HistogramState {
 
 impl Histogram {
     pub fn new(bounds: &'static [f64]) -> Histogram {
-        Histogram { bounds, state: Mutex::new(HistogramState { counts: vec![0; bounds.len() + 1], sum: 0.0 }) }
+        Histogram {
+            bounds,
+            state: Mutex::new(HistogramState {
+                counts: vec![0; bounds.len() + 1],
+                sum: 0.0,
+            }),
+        }
     }
 
     pub fn observe(&self, v: f64) {
-        let i = self.bounds.iter().position(|b| v <= *b).unwrap_or(self.bounds.len());
+        let i = self
+            .bounds
+            .iter()
+            .position(|b| v <= *b)
+            .unwrap_or(self.bounds.len());
         let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
         s.counts[i] += 1;
         s.sum += v;
@@ -61,7 +71,12 @@ impl Histogram {
 
     /// Number of observations so far.
     pub fn count(&self) -> u64 {
-        self.state.lock().unwrap_or_else(|e| e.into_inner()).counts.iter().sum()
+        self.state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .counts
+            .iter()
+            .sum()
     }
 
     fn write(&self, out: &mut String, name: &str, help: &str) {
@@ -79,8 +94,12 @@ impl Histogram {
     }
 }
 
-const SECONDS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0];
-const SIZES: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0];
+const SECONDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+];
+const SIZES: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0,
+];
 
 /// Outcomes a request ends with, the `outcome` label of `meditron_requests_total`.
 pub const OUTCOMES: &[&str] = &[
@@ -142,7 +161,11 @@ impl Metrics {
     }
 
     pub fn requests(&self, outcome: &str) -> u64 {
-        OUTCOMES.iter().position(|o| *o == outcome).map(|i| self.requests[i].get()).unwrap_or(0)
+        OUTCOMES
+            .iter()
+            .position(|o| *o == outcome)
+            .map(|i| self.requests[i].get())
+            .unwrap_or(0)
     }
 
     /// The Prometheus text exposition of every metric.
@@ -153,21 +176,62 @@ impl Metrics {
             "# HELP meditron_requests_total Requests finished, by outcome\n# TYPE meditron_requests_total counter"
         );
         for (o, c) in OUTCOMES.iter().zip(&self.requests) {
-            let _ = writeln!(out, "meditron_requests_total{{outcome=\"{o}\"}} {}", c.get());
+            let _ = writeln!(
+                out,
+                "meditron_requests_total{{outcome=\"{o}\"}} {}",
+                c.get()
+            );
         }
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         };
-        counter(&mut out, "meditron_prompt_tokens_total", "Prompt tokens of admitted requests", self.prompt_tokens.get());
-        counter(&mut out, "meditron_generated_tokens_total", "Tokens generated", self.generated_tokens.get());
+        counter(
+            &mut out,
+            "meditron_prompt_tokens_total",
+            "Prompt tokens of admitted requests",
+            self.prompt_tokens.get(),
+        );
+        counter(
+            &mut out,
+            "meditron_generated_tokens_total",
+            "Tokens generated",
+            self.generated_tokens.get(),
+        );
         let gauge = |out: &mut String, name: &str, help: &str, v: i64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
         };
-        gauge(&mut out, "meditron_requests_running", "Sequences in the running batch", self.requests_running.get());
-        gauge(&mut out, "meditron_requests_waiting", "Requests queued for KV cache room", self.requests_waiting.get());
-        gauge(&mut out, "meditron_kv_pages_used", "KV cache pages (16 tokens each) in use", self.kv_pages_used.get());
-        gauge(&mut out, "meditron_kv_pages_total", "KV cache pages in all", self.kv_pages_total.get());
-        self.queue_seconds.write(&mut out, "meditron_queue_seconds", "Time from arrival to admission into the batch");
+        gauge(
+            &mut out,
+            "meditron_requests_running",
+            "Sequences in the running batch",
+            self.requests_running.get(),
+        );
+        gauge(
+            &mut out,
+            "meditron_requests_waiting",
+            "Requests queued for KV cache room",
+            self.requests_waiting.get(),
+        );
+        gauge(
+            &mut out,
+            "meditron_kv_pages_used",
+            "KV cache pages (16 tokens each) in use",
+            self.kv_pages_used.get(),
+        );
+        gauge(
+            &mut out,
+            "meditron_kv_pages_total",
+            "KV cache pages in all",
+            self.kv_pages_total.get(),
+        );
+        self.queue_seconds.write(
+            &mut out,
+            "meditron_queue_seconds",
+            "Time from arrival to admission into the batch",
+        );
         self.time_to_first_token_seconds.write(
             &mut out,
             "meditron_time_to_first_token_seconds",
@@ -178,10 +242,26 @@ impl Metrics {
             "meditron_time_per_output_token_seconds",
             "Mean time between generated tokens of a request, after the first",
         );
-        self.request_seconds.write(&mut out, "meditron_request_duration_seconds", "Time from arrival to the last token");
-        self.batch_size.write(&mut out, "meditron_batch_size", "Sequences in one engine step");
-        self.batch_tokens.write(&mut out, "meditron_batch_tokens", "Tokens (prefill and decode) in one engine step");
-        self.step_seconds.write(&mut out, "meditron_step_seconds", "Duration of one engine step (forward and sampling)");
+        self.request_seconds.write(
+            &mut out,
+            "meditron_request_duration_seconds",
+            "Time from arrival to the last token",
+        );
+        self.batch_size.write(
+            &mut out,
+            "meditron_batch_size",
+            "Sequences in one engine step",
+        );
+        self.batch_tokens.write(
+            &mut out,
+            "meditron_batch_tokens",
+            "Tokens (prefill and decode) in one engine step",
+        );
+        self.step_seconds.write(
+            &mut out,
+            "meditron_step_seconds",
+            "Duration of one engine step (forward and sampling)",
+        );
         out
     }
 }
@@ -198,7 +278,10 @@ mod tests {
         m.queue_seconds.observe(1000.0);
         m.request_done("overloaded");
         let text = m.render();
-        assert!(text.contains("meditron_queue_seconds_bucket{le=\"0.0025\"} 1\n"), "{text}");
+        assert!(
+            text.contains("meditron_queue_seconds_bucket{le=\"0.0025\"} 1\n"),
+            "{text}"
+        );
         assert!(text.contains("meditron_queue_seconds_bucket{le=\"0.5\"} 2\n"));
         assert!(text.contains("meditron_queue_seconds_bucket{le=\"+Inf\"} 3\n"));
         assert!(text.contains("meditron_queue_seconds_count 3\n"));

@@ -118,7 +118,10 @@ pub struct CompletionRequest {
 
 /// OpenAI's `created`: seconds since the epoch.
 fn now_secs() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 fn finish_reason(f: FinishReason) -> &'static str {
@@ -138,18 +141,31 @@ struct Plan {
     model: String,
 }
 
+/// What a route asks of each generation beyond the shared knobs.
+struct Want {
+    max_tokens: Option<usize>,
+    /// Completions with `echo` may generate nothing and only score the prompt.
+    allow_zero_tokens: bool,
+    logprobs: bool,
+    prompt_logprobs: bool,
+    top_n: Option<u32>,
+}
+
 /// Validates the knobs the two routes share; `prompts` are token ids with their text.
 fn plan(
     state: &AppState,
     c: CommonParams,
     prompts: Vec<(Vec<u32>, String)>,
-    max_tokens: Option<usize>,
-    allow_zero_tokens: bool,
-    logprobs: bool,
-    prompt_logprobs: bool,
-    top_n: Option<u32>,
+    want: Want,
     arrived: Instant,
 ) -> Result<Plan, ApiError> {
+    let Want {
+        max_tokens,
+        allow_zero_tokens,
+        logprobs,
+        prompt_logprobs,
+        top_n,
+    } = want;
     let limits = &state.limits;
     let n = c.n.unwrap_or(1);
     if n == 0 || n > limits.max_best_of {
@@ -160,11 +176,15 @@ fn plan(
     }
     let stream = c.stream.unwrap_or(false);
     if stream && n > 1 {
-        return Err(ApiError::Validation("`n` > 1 is not supported when streaming".into()));
+        return Err(ApiError::Validation(
+            "`n` > 1 is not supported when streaming".into(),
+        ));
     }
     if let Some(format) = &c.response_format {
         if format.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(ApiError::Validation("`response_format` other than text is not supported".into()));
+            return Err(ApiError::Validation(
+                "`response_format` other than text is not supported".into(),
+            ));
         }
     }
     // OpenAI's temperature 0 means greedy, and top_p 1 means no nucleus filter; TGI's
@@ -191,8 +211,13 @@ fn plan(
         if prompt.is_empty() {
             return Err(ApiError::Validation("`inputs` cannot be empty".into()));
         }
-        if let Some(bad) = prompt.iter().find(|&&t| t as usize >= state.tokenizer.vocab_size()) {
-            return Err(ApiError::Validation(format!("token id {bad} is not in the vocabulary")));
+        if let Some(bad) = prompt
+            .iter()
+            .find(|&&t| t as usize >= state.tokenizer.vocab_size())
+        {
+            return Err(ApiError::Validation(format!(
+                "token id {bad} is not in the vocabulary"
+            )));
         }
         let max_new = if allow_zero_tokens {
             validate::lengths_allow_zero(limits, prompt.len(), max_tokens)?
@@ -221,13 +246,19 @@ fn plan(
         gens,
         prompt_texts,
         stream,
-        include_usage: c.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+        include_usage: c
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
         model: c.model.unwrap_or_else(|| state.model_id.clone()),
     })
 }
 
 async fn run_all(state: &Arc<AppState>, gens: &[GenRequest]) -> Result<Vec<Generation>, ApiError> {
-    let receivers: Vec<_> = gens.iter().map(|g| generation::start(state, g.clone())).collect::<Result<_, _>>()?;
+    let receivers: Vec<_> = gens
+        .iter()
+        .map(|g| generation::start(state, g.clone()))
+        .collect::<Result<_, _>>()?;
     let mut out = Vec::new();
     for mut rx in receivers {
         let g = loop {
@@ -263,7 +294,10 @@ fn chat_logprob(t: &TokenText, top: &[TokenText]) -> Value {
 }
 
 /// `POST /v1/chat/completions`
-pub async fn chat(State(state): State<Arc<AppState>>, body: Result<JsonBody<ChatRequest>, ApiError>) -> Response {
+pub async fn chat(
+    State(state): State<Arc<AppState>>,
+    body: Result<JsonBody<ChatRequest>, ApiError>,
+) -> Response {
     let mut guard = match state.begin() {
         Ok(g) => g,
         Err(e) => return OpenAiError(e).into_response(),
@@ -272,7 +306,11 @@ pub async fn chat(State(state): State<Arc<AppState>>, body: Result<JsonBody<Chat
     respond(&state, guard_result(&mut guard, plan), guard, Route::Chat).await
 }
 
-fn plan_chat(state: &AppState, req: ChatRequest, arrived: Instant) -> Result<(Plan, bool), ApiError> {
+fn plan_chat(
+    state: &AppState,
+    req: ChatRequest,
+    arrived: Instant,
+) -> Result<(Plan, bool), ApiError> {
     if req.messages.is_empty() {
         return Err(ApiError::Validation("`messages` cannot be empty".into()));
     }
@@ -290,7 +328,10 @@ fn plan_chat(state: &AppState, req: ChatRequest, arrived: Instant) -> Result<(Pl
                     .collect::<Vec<_>>()
                     .join("\n"),
             };
-            Message { role: m.role, content }
+            Message {
+                role: m.role,
+                content,
+            }
         })
         .collect();
     let text = state.render_chat(&messages)?;
@@ -298,8 +339,18 @@ fn plan_chat(state: &AppState, req: ChatRequest, arrived: Instant) -> Result<(Pl
     let prompt = state.encode(&text, false)?;
     let logprobs = req.logprobs.unwrap_or(false);
     let top_n = if logprobs { req.top_logprobs } else { None };
-    let max_tokens = req.max_completion_tokens.or(req.max_tokens).map(|n| n as usize);
-    let plan = plan(state, req.common, vec![(prompt, text)], max_tokens, false, logprobs, false, top_n, arrived)?;
+    let max_tokens = req
+        .max_completion_tokens
+        .or(req.max_tokens)
+        .map(|n| n as usize);
+    let want = Want {
+        max_tokens,
+        allow_zero_tokens: false,
+        logprobs,
+        prompt_logprobs: false,
+        top_n,
+    };
+    let plan = plan(state, req.common, vec![(prompt, text)], want, arrived)?;
     Ok((plan, logprobs))
 }
 
@@ -378,13 +429,22 @@ struct RouteOpts {
 
 impl From<bool> for RouteOpts {
     fn from(chat_logprobs: bool) -> Self {
-        RouteOpts { chat_logprobs, completion: CompletionOpts { echo: false, logprobs: None } }
+        RouteOpts {
+            chat_logprobs,
+            completion: CompletionOpts {
+                echo: false,
+                logprobs: None,
+            },
+        }
     }
 }
 
 impl From<CompletionOpts> for RouteOpts {
     fn from(completion: CompletionOpts) -> Self {
-        RouteOpts { chat_logprobs: false, completion }
+        RouteOpts {
+            chat_logprobs: false,
+            completion,
+        }
     }
 }
 
@@ -427,10 +487,20 @@ pub async fn completions(
         Err(e) => return OpenAiError(e).into_response(),
     };
     let plan = body.and_then(|JsonBody(req)| plan_completion(&state, req, guard.arrived));
-    respond(&state, guard_result(&mut guard, plan), guard, Route::Completions).await
+    respond(
+        &state,
+        guard_result(&mut guard, plan),
+        guard,
+        Route::Completions,
+    )
+    .await
 }
 
-fn plan_completion(state: &AppState, req: CompletionRequest, arrived: Instant) -> Result<(Plan, CompletionOpts), ApiError> {
+fn plan_completion(
+    state: &AppState,
+    req: CompletionRequest,
+    arrived: Instant,
+) -> Result<(Plan, CompletionOpts), ApiError> {
     if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
         return Err(ApiError::Validation("`suffix` is not supported".into()));
     }
@@ -438,7 +508,10 @@ fn plan_completion(state: &AppState, req: CompletionRequest, arrived: Instant) -
     // Token-id prompts are taken as they are: no BOS added (lm-eval relies on that).
     let prompts: Vec<(Vec<u32>, String)> = match req.prompt {
         Prompt::Text(t) => vec![(state.encode(&t, true)?, t)],
-        Prompt::Texts(ts) => ts.into_iter().map(|t| Ok((state.encode(&t, true)?, t))).collect::<Result<_, ApiError>>()?,
+        Prompt::Texts(ts) => ts
+            .into_iter()
+            .map(|t| Ok((state.encode(&t, true)?, t)))
+            .collect::<Result<_, ApiError>>()?,
         Prompt::Ids(ids) => {
             let text = decode(&ids);
             vec![(ids, text)]
@@ -458,17 +531,14 @@ fn plan_completion(state: &AppState, req: CompletionRequest, arrived: Instant) -
     let logprobs = req.logprobs.map(|n| n as usize);
     // OpenAI's default is 16 tokens; 0 is allowed, with echo, to score the prompt only.
     let max_tokens = Some(req.max_tokens.unwrap_or(16) as usize);
-    let plan = plan(
-        state,
-        req.common,
-        prompts,
+    let want = Want {
         max_tokens,
-        echo,
-        logprobs.is_some(),
-        echo && logprobs.is_some(),
-        req.logprobs,
-        arrived,
-    )?;
+        allow_zero_tokens: echo,
+        logprobs: logprobs.is_some(),
+        prompt_logprobs: echo && logprobs.is_some(),
+        top_n: req.logprobs,
+    };
+    let plan = plan(state, req.common, prompts, want, arrived)?;
     Ok((plan, CompletionOpts { echo, logprobs }))
 }
 
@@ -499,7 +569,10 @@ fn completion_logprobs(tokens: &[(TokenText, Vec<TokenText>)], start: usize) -> 
 }
 
 fn generated_scores(tokens: &[TokenOut]) -> Vec<(TokenText, Vec<TokenText>)> {
-    tokens.iter().map(|t| (t.token.clone(), t.top.clone())).collect()
+    tokens
+        .iter()
+        .map(|t| (t.token.clone(), t.top.clone()))
+        .collect()
 }
 
 fn completion_body(id: u64, plan: &Plan, gens: &[Generation], opts: CompletionOpts) -> Value {
@@ -508,9 +581,17 @@ fn completion_body(id: u64, plan: &Plan, gens: &[Generation], opts: CompletionOp
         .enumerate()
         .map(|(i, g)| {
             let prompt_text = plan.prompt_texts.get(i).map(String::as_str).unwrap_or("");
-            let text = if opts.echo { format!("{prompt_text}{}", g.visible_text) } else { g.visible_text.clone() };
+            let text = if opts.echo {
+                format!("{prompt_text}{}", g.visible_text)
+            } else {
+                g.visible_text.clone()
+            };
             let logprobs = opts.logprobs.map(|_| {
-                let mut scored = if opts.echo { g.prompt.clone() } else { Vec::new() };
+                let mut scored = if opts.echo {
+                    g.prompt.clone()
+                } else {
+                    Vec::new()
+                };
                 scored.extend(generated_scores(&g.tokens));
                 completion_logprobs(&scored, 0)
             });
@@ -580,7 +661,10 @@ impl StreamState {
             }
             Route::Completions => {
                 let lp = self.opts.completion.logprobs.map(|_| {
-                    let scored: Vec<_> = tokens.iter().map(|t| (t.token.clone(), t.top.clone())).collect();
+                    let scored: Vec<_> = tokens
+                        .iter()
+                        .map(|t| (t.token.clone(), t.top.clone()))
+                        .collect();
                     completion_logprobs(&scored, 0)
                 });
                 json!({ "index": 0, "text": text, "logprobs": lp, "finish_reason": finish })
@@ -599,7 +683,11 @@ impl StreamState {
             }
             Some(Item::End(g)) => {
                 let last: Vec<&TokenOut> = g.tokens.last().into_iter().collect();
-                let text = format!("{}{}", last.first().map(|t| t.visible.as_str()).unwrap_or(""), g.visible_tail);
+                let text = format!(
+                    "{}{}",
+                    last.first().map(|t| t.visible.as_str()).unwrap_or(""),
+                    g.visible_tail
+                );
                 let c = self.text_choice(&text, &last, Some(g.finish));
                 let e = self.chunk(c, None);
                 self.queue.push_back(e);
@@ -618,7 +706,8 @@ impl StreamState {
 
     fn fail(&mut self, e: ApiError) {
         self.guard.failed(&e);
-        self.queue.push_back(Event::default().data(e.openai_body().to_string()));
+        self.queue
+            .push_back(Event::default().data(e.openai_body().to_string()));
         self.done = true;
     }
 
@@ -645,7 +734,13 @@ impl StreamState {
     }
 }
 
-fn stream_response(guard: RequestGuard, plan: Plan, opts: RouteOpts, route: Route, rx: UnboundedReceiver<Item>) -> Response {
+fn stream_response(
+    guard: RequestGuard,
+    plan: Plan,
+    opts: RouteOpts,
+    route: Route,
+    rx: UnboundedReceiver<Item>,
+) -> Response {
     let id = guard.id;
     let s = StreamState {
         rx,
@@ -658,8 +753,11 @@ fn stream_response(guard: RequestGuard, plan: Plan, opts: RouteOpts, route: Rout
         started: false,
         done: false,
     };
-    let mut r = Sse::new(events(s)).keep_alive(KeepAlive::default()).into_response();
-    r.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
+    let mut r = Sse::new(events(s))
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    r.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
     if let Ok(v) = HeaderValue::from_str(&id.to_string()) {
         r.headers_mut().insert("x-request-id", v);
     }
@@ -697,8 +795,16 @@ mod tests {
 
     #[test]
     fn legacy_logprobs_have_null_first_and_offsets() {
-        let t = |id, text: &str, lp| TokenText { id, text: text.into(), logprob: lp, special: false };
-        let scored = vec![(t(1, "Hello", None), vec![]), (t(2, " world", Some(-1.5)), vec![t(2, " world", Some(-1.5))])];
+        let t = |id, text: &str, lp| TokenText {
+            id,
+            text: text.into(),
+            logprob: lp,
+            special: false,
+        };
+        let scored = vec![
+            (t(1, "Hello", None), vec![]),
+            (t(2, " world", Some(-1.5)), vec![t(2, " world", Some(-1.5))]),
+        ];
         let v = completion_logprobs(&scored, 0);
         assert_eq!(v["tokens"], json!(["Hello", " world"]));
         assert_eq!(v["token_logprobs"], json!([null, -1.5]));

@@ -27,12 +27,17 @@ const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 fn resolve_model(model: Option<&str>) -> Result<PathBuf> {
     if let Some(m) = model {
         let path = PathBuf::from(m);
-        anyhow::ensure!(path.exists(), "model '{m}' not found: pass a .gguf file or a Hugging Face model directory");
+        anyhow::ensure!(
+            path.exists(),
+            "model '{m}' not found: pass a .gguf file or a Hugging Face model directory"
+        );
         return Ok(path);
     }
     let home = match std::env::var_os("MEDITRON_HOME") {
         Some(h) => PathBuf::from(h),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into())).join(".cache").join("meditron"),
+        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into()))
+            .join(".cache")
+            .join("meditron"),
     };
     let path = home.join("models").join(DEFAULT_MODEL_FILE);
     anyhow::ensure!(
@@ -54,7 +59,8 @@ impl Server {
     /// Loads the model, resolves the limits against it and starts the engine thread.
     pub fn start(args: &ServeArgs) -> Result<Server> {
         let path = resolve_model(args.model.as_deref())?;
-        let loaded = model::load::load(&path).with_context(|| format!("loading model {}", path.display()))?;
+        let loaded = model::load::load(&path)
+            .with_context(|| format!("loading model {}", path.display()))?;
         tracing::info!("loaded {} ({})", path.display(), loaded.describe());
         let c = &loaded.model.config;
         // f16 keys and values of every layer.
@@ -64,7 +70,13 @@ impl Server {
         let metrics = Arc::new(Metrics::default());
         let model_id = args.model.clone().unwrap_or_else(|| loaded.name.clone());
         let eos_ids = loaded.tokenizer.eos_ids().to_vec();
-        let engine = EngineHandle::start(loaded.model, eos_ids, limits.clone(), args.threads, metrics.clone())?;
+        let engine = EngineHandle::start(
+            loaded.model,
+            eos_ids,
+            limits.clone(),
+            args.threads,
+            metrics.clone(),
+        )?;
         let state = Arc::new(AppState::new(
             engine.client(),
             loaded.tokenizer,
@@ -75,12 +87,20 @@ impl Server {
             args.api_key.clone().filter(|k| !k.is_empty()),
             args.payload_limit,
         ));
-        Ok(Server { state, engine, drain_timeout: Duration::from_secs(args.shutdown_timeout) })
+        Ok(Server {
+            state,
+            engine,
+            drain_timeout: Duration::from_secs(args.shutdown_timeout),
+        })
     }
 
     /// Serves on `listener` until `shutdown` resolves; then refuses new requests, waits for
     /// in-flight ones (at most the drain timeout) and stops the engine.
-    pub async fn serve(mut self, listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<()> {
+    pub async fn serve(
+        mut self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<()> {
         let app = router(self.state.clone());
         let (draining_tx, draining_rx) = tokio::sync::oneshot::channel::<()>();
         let state = self.state.clone();
@@ -136,10 +156,21 @@ async fn termination() {
 /// `meditron serve`: loads the model, serves until SIGTERM or Ctrl-C, drains, returns.
 pub fn run_serve(args: ServeArgs) -> Result<()> {
     let server = Server::start(&args)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().context("starting the async runtime")?;
+    // The compute pool wants every core; HTTP work per token is small, so a quarter of the cores
+    // (one on a small machine) serve it without preempting the pool's threads mid-step.
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads((cores / 4).max(1))
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
     runtime.block_on(async move {
         let addr = format!("{}:{}", args.hostname, args.port);
-        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("listening on {addr}"))?;
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("listening on {addr}"))?;
         tracing::info!("listening on http://{addr}");
         eprintln!("meditron serve: listening on http://{addr}");
         server.serve(listener, termination()).await
@@ -163,13 +194,20 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(openai::chat))
         .route("/v1/completions", post(openai::completions))
         .fallback(not_found)
-        .layer(middleware::from_fn_with_state(state.clone(), require_api_key))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            require_api_key,
+        ))
         .layer(DefaultBodyLimit::max(state.payload_limit))
         .with_state(state)
 }
 
 async fn not_found(request: Request) -> Response {
-    let e = ApiError::NotFound(format!("no route for {} {}", request.method(), request.uri().path()));
+    let e = ApiError::NotFound(format!(
+        "no route for {} {}",
+        request.method(),
+        request.uri().path()
+    ));
     if request.uri().path().starts_with("/v1/") {
         OpenAiError(e).into_response()
     } else {
@@ -190,7 +228,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn require_api_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
+async fn require_api_key(
+    State(state): State<Arc<AppState>>,
+    request: Request,
+    next: Next,
+) -> Response {
     let Some(key) = &state.api_key else {
         return next.run(request).await;
     };

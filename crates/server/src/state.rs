@@ -70,20 +70,33 @@ impl AppState {
             tracing::warn!(request_id = id, "refused: max_concurrent_requests reached");
             ApiError::Overloaded
         })?;
-        Ok(RequestGuard { id, arrived, metrics: self.metrics.clone(), permit: Some(permit), outcome: None })
+        Ok(RequestGuard {
+            id,
+            arrived,
+            metrics: self.metrics.clone(),
+            permit: Some(permit),
+            outcome: None,
+        })
     }
 
     /// A fresh random seed, for sampling requests that bring none.
     pub fn random_seed(&self) -> u64 {
         let mut h = self.seeds.build_hasher();
         h.write_u64(self.next_id.fetch_add(1, Ordering::Relaxed));
-        h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
         h.finish()
     }
 
     /// Token ids of `text` (BOS added when the model adds it).
     pub fn encode(&self, text: &str, add_special: bool) -> Result<Vec<u32>, ApiError> {
-        self.tokenizer.encode(text, add_special).map_err(|e| ApiError::Validation(format!("tokenizer error {e}")))
+        self.tokenizer
+            .encode(text, add_special)
+            .map_err(|e| ApiError::Validation(format!("tokenizer error {e}")))
     }
 
     /// The conversation rendered with the model's chat template, ready for the assistant.

@@ -80,13 +80,18 @@ pub fn validate(
     arrived: Instant,
 ) -> Result<ValidRequest, ApiError> {
     let sampling_by_default = req.parameters.is_none();
-    let p = req.parameters.unwrap_or(GenerateParameters { max_new_tokens: default_max_new_tokens(), ..Default::default() });
+    let p = req.parameters.unwrap_or(GenerateParameters {
+        max_new_tokens: default_max_new_tokens(),
+        ..Default::default()
+    });
     let limits = &state.limits;
     let best_of = validate::best_of(limits, p.best_of)?;
     let decoder_input_details = p.decoder_input_details.unwrap_or(false);
     if stream {
         if best_of > 1 {
-            return Err(ApiError::Validation("`best_of` != 1 is not supported when streaming tokens".into()));
+            return Err(ApiError::Validation(
+                "`best_of` != 1 is not supported when streaming tokens".into(),
+            ));
         }
         if decoder_input_details {
             return Err(ApiError::Validation(
@@ -122,7 +127,8 @@ pub fn validate(
         let cut = prompt.len().saturating_sub(t);
         prompt.drain(..cut);
     }
-    let max_new_tokens = validate::lengths(limits, prompt.len(), p.max_new_tokens.map(|n| n as usize))?;
+    let max_new_tokens =
+        validate::lengths(limits, prompt.len(), p.max_new_tokens.map(|n| n as usize))?;
     Ok(ValidRequest {
         gen: GenRequest {
             prompt,
@@ -157,12 +163,22 @@ pub struct Token {
 
 impl Token {
     fn from_text(t: &TokenText) -> Token {
-        Token { id: t.id, text: t.text.clone(), logprob: t.logprob, special: t.special }
+        Token {
+            id: t.id,
+            text: t.text.clone(),
+            logprob: t.logprob,
+            special: t.special,
+        }
     }
 
     /// A generated token as TGI streams it: its text is the piece it adds to the output.
     fn generated(t: &TokenOut) -> Token {
-        Token { id: t.token.id, text: t.piece.clone(), logprob: t.token.logprob, special: t.token.special }
+        Token {
+            id: t.token.id,
+            text: t.piece.clone(),
+            logprob: t.token.logprob,
+            special: t.token.special,
+        }
     }
 }
 
@@ -231,15 +247,28 @@ fn output_text(v: &ValidRequest, g: &Generation) -> String {
     }
 }
 
-fn sequence_parts(v: &ValidRequest, g: &Generation) -> (Vec<PrefillToken>, Vec<Token>, Vec<Vec<Token>>) {
+fn sequence_parts(
+    v: &ValidRequest,
+    g: &Generation,
+) -> (Vec<PrefillToken>, Vec<Token>, Vec<Vec<Token>>) {
     let prefill = if v.decoder_input_details {
-        g.prompt.iter().map(|(t, _)| PrefillToken { id: t.id, text: t.text.clone(), logprob: t.logprob }).collect()
+        g.prompt
+            .iter()
+            .map(|(t, _)| PrefillToken {
+                id: t.id,
+                text: t.text.clone(),
+                logprob: t.logprob,
+            })
+            .collect()
     } else {
         Vec::new()
     };
     let tokens = g.tokens.iter().map(Token::generated).collect();
     let top_tokens = if v.gen.top_n > 0 {
-        g.tokens.iter().map(|t| t.top.iter().map(Token::from_text).collect()).collect()
+        g.tokens
+            .iter()
+            .map(|t| t.top.iter().map(Token::from_text).collect())
+            .collect()
     } else {
         Vec::new()
     };
@@ -275,7 +304,10 @@ fn timing_headers(request_id: u64, v: &ValidRequest, g: &Generation) -> HeaderMa
 
 /// Runs `best_of` candidates (different seeds) and returns the one with the highest mean
 /// log-probability per token, and the others.
-async fn run_best_of(state: &Arc<AppState>, v: &ValidRequest) -> Result<(Generation, Vec<(Generation, u64)>), ApiError> {
+async fn run_best_of(
+    state: &Arc<AppState>,
+    v: &ValidRequest,
+) -> Result<(Generation, Vec<(Generation, u64)>), ApiError> {
     if v.best_of == 1 {
         return Ok((generation::run(state, v.gen.clone()).await?, Vec::new()));
     }
@@ -350,7 +382,10 @@ async fn generate_response(
         queue_ms = g.timings.queue.as_millis() as u64,
         "generated"
     );
-    let response = GenerateResponse { generated_text: output_text(&v, &g), details };
+    let response = GenerateResponse {
+        generated_text: output_text(&v, &g),
+        details,
+    };
     Ok(if as_list {
         (headers, Json(vec![response])).into_response()
     } else {
@@ -359,7 +394,10 @@ async fn generate_response(
 }
 
 /// `POST /generate`
-pub async fn generate(State(state): State<Arc<AppState>>, body: Result<JsonBody<GenerateRequest>, ApiError>) -> Response {
+pub async fn generate(
+    State(state): State<Arc<AppState>>,
+    body: Result<JsonBody<GenerateRequest>, ApiError>,
+) -> Response {
     finish_request(&state, body, false, false).await
 }
 
@@ -373,7 +411,10 @@ pub async fn generate_stream(
 
 /// `POST /`: `/generate` (answered as a one-element list, as TGI does) or, with
 /// `"stream": true`, `/generate_stream`.
-pub async fn compat(State(state): State<Arc<AppState>>, body: Result<JsonBody<GenerateRequest>, ApiError>) -> Response {
+pub async fn compat(
+    State(state): State<Arc<AppState>>,
+    body: Result<JsonBody<GenerateRequest>, ApiError>,
+) -> Response {
     let stream = matches!(&body, Ok(JsonBody(r)) if r.stream == Some(true));
     finish_request(&state, body, stream, true).await
 }
@@ -441,10 +482,20 @@ fn sse_response(
     rx: tokio::sync::mpsc::UnboundedReceiver<Item>,
 ) -> Response {
     let id = guard.id;
-    let s = StreamState { rx, guard, v, index: 0, done: false };
-    let mut r = Sse::new(events(s)).keep_alive(KeepAlive::default()).into_response();
-    r.headers_mut().insert("x-accel-buffering", HeaderValue::from_static("no"));
-    r.headers_mut().insert("x-compute-type", HeaderValue::from_static("cpu"));
+    let s = StreamState {
+        rx,
+        guard,
+        v,
+        index: 0,
+        done: false,
+    };
+    let mut r = Sse::new(events(s))
+        .keep_alive(KeepAlive::default())
+        .into_response();
+    r.headers_mut()
+        .insert("x-accel-buffering", HeaderValue::from_static("no"));
+    r.headers_mut()
+        .insert("x-compute-type", HeaderValue::from_static("cpu"));
     if let Ok(id) = HeaderValue::from_str(&id.to_string()) {
         r.headers_mut().insert("x-request-id", id);
     }
@@ -452,7 +503,8 @@ fn sse_response(
 }
 
 fn json_event<T: Serialize>(value: &T) -> Event {
-    Event::default().data(serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")))
+    Event::default()
+        .data(serde_json::to_string(value).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")))
 }
 
 /// The events of one stream: a `StreamResponse` per token, the last one with the generated
@@ -484,7 +536,9 @@ fn events(s: StreamState) -> impl Stream<Item = Result<Event, Infallible>> {
                     logprob: None,
                     special: true,
                 });
-                let top_tokens = last.map(|t| t.top.iter().map(Token::from_text).collect()).unwrap_or_default();
+                let top_tokens = last
+                    .map(|t| t.top.iter().map(Token::from_text).collect())
+                    .unwrap_or_default();
                 let details = s.v.details.then(|| StreamDetails {
                     finish_reason: g.finish.as_str(),
                     generated_tokens: g.tokens.len(),

@@ -32,18 +32,25 @@ pub struct Sampling {
 
 /// Checks the knobs as TGI's router does, in TGI's order, and decides greedy or sampling the
 /// way TGI's model server does: sampling when asked, or when any warper is set.
-pub fn sampling(k: &Knobs, best_of: usize, random_seed: impl FnOnce() -> u64) -> Result<Sampling, ApiError> {
-    let asks_sampling =
-        k.do_sample || k.temperature.is_some() || k.top_k.is_some() || k.top_p.is_some() || k.typical_p.is_some();
+pub fn sampling(
+    k: &Knobs,
+    best_of: usize,
+    random_seed: impl FnOnce() -> u64,
+) -> Result<Sampling, ApiError> {
+    let asks_sampling = k.do_sample
+        || k.temperature.is_some()
+        || k.top_k.is_some()
+        || k.top_p.is_some()
+        || k.typical_p.is_some();
     if best_of > 1 && !asks_sampling {
         return Err(invalid("you must use sampling when `best_of` is > 1"));
     }
     let temperature = k.temperature.unwrap_or(1.0);
-    if !(temperature > 0.0) || !temperature.is_finite() {
+    if !temperature.is_finite() || temperature <= 0.0 {
         return Err(invalid("`temperature` must be strictly positive"));
     }
     let repetition_penalty = k.repetition_penalty.unwrap_or(1.0);
-    if !(repetition_penalty > 0.0) || !repetition_penalty.is_finite() {
+    if !repetition_penalty.is_finite() || repetition_penalty <= 0.0 {
         return Err(invalid("`repetition_penalty` must be strictly positive"));
     }
     let frequency_penalty = k.frequency_penalty.unwrap_or(0.0);
@@ -60,7 +67,9 @@ pub fn sampling(k: &Knobs, best_of: usize, random_seed: impl FnOnce() -> u64) ->
         None => 1.0,
     };
     let typical_p = match k.typical_p {
-        Some(p) if !(p > 0.0 && p < 1.0) => return Err(invalid("`typical_p` must be > 0.0 and < 1.0")),
+        Some(p) if !(p > 0.0 && p < 1.0) => {
+            return Err(invalid("`typical_p` must be > 0.0 and < 1.0"))
+        }
         Some(p) => p,
         None => 1.0,
     };
@@ -72,7 +81,8 @@ pub fn sampling(k: &Knobs, best_of: usize, random_seed: impl FnOnce() -> u64) ->
     if best_of > 1 && k.seed.is_some() {
         return Err(invalid("`seed` must not be set when `best_of` > 1"));
     }
-    let do_sample = k.do_sample || temperature != 1.0 || top_k != 0 || top_p < 1.0 || typical_p < 1.0;
+    let do_sample =
+        k.do_sample || temperature != 1.0 || top_k != 0 || top_p < 1.0 || typical_p < 1.0;
     let seed = k.seed.unwrap_or_else(random_seed);
     Ok(Sampling {
         params: SamplingParams {
@@ -96,7 +106,10 @@ pub fn best_of(limits: &Limits, best_of: Option<usize>) -> Result<usize, ApiErro
         return Err(invalid("`best_of` != 1 is not allowed for this endpoint"));
     }
     if best_of == 0 || best_of > limits.max_best_of {
-        return Err(invalid(format!("`best_of` must be > 0 and <= {}. Given: {best_of}", limits.max_best_of)));
+        return Err(invalid(format!(
+            "`best_of` must be > 0 and <= {}. Given: {best_of}",
+            limits.max_best_of
+        )));
     }
     Ok(best_of)
 }
@@ -135,7 +148,11 @@ pub fn truncate(limits: &Limits, truncate: Option<usize>) -> Result<Option<usize
 
 /// Checks the prompt length and the generation budget; returns `max_new_tokens`, which
 /// defaults to whatever room `max_total_tokens` leaves.
-pub fn lengths(limits: &Limits, input_tokens: usize, max_new_tokens: Option<usize>) -> Result<usize, ApiError> {
+pub fn lengths(
+    limits: &Limits,
+    input_tokens: usize,
+    max_new_tokens: Option<usize>,
+) -> Result<usize, ApiError> {
     if max_new_tokens == Some(0) {
         return Err(invalid("`max_new_tokens` must be strictly positive"));
     }
@@ -191,22 +208,68 @@ mod tests {
     #[test]
     fn tgi_messages_for_bad_sampling_knobs() {
         let s = |k: Knobs| sampling(&k, 1, || 7);
-        assert_eq!(msg(s(Knobs { temperature: Some(0.0), ..Default::default() })), "`temperature` must be strictly positive");
         assert_eq!(
-            msg(s(Knobs { repetition_penalty: Some(-1.0), ..Default::default() })),
+            msg(s(Knobs {
+                temperature: Some(0.0),
+                ..Default::default()
+            })),
+            "`temperature` must be strictly positive"
+        );
+        assert_eq!(
+            msg(s(Knobs {
+                repetition_penalty: Some(-1.0),
+                ..Default::default()
+            })),
             "`repetition_penalty` must be strictly positive"
         );
         assert_eq!(
-            msg(s(Knobs { frequency_penalty: Some(2.5), ..Default::default() })),
+            msg(s(Knobs {
+                frequency_penalty: Some(2.5),
+                ..Default::default()
+            })),
             "`frequency_penalty` must be >= -2.0 and <= 2.0"
         );
-        assert_eq!(msg(s(Knobs { top_p: Some(1.0), ..Default::default() })), "`top_p` must be > 0.0 and < 1.0");
-        assert_eq!(msg(s(Knobs { typical_p: Some(0.0), ..Default::default() })), "`typical_p` must be > 0.0 and < 1.0");
-        assert_eq!(msg(s(Knobs { top_k: Some(0), ..Default::default() })), "`top_k` must be strictly positive");
-        assert_eq!(msg(s(Knobs { temperature: Some(f32::NAN), ..Default::default() })), "`temperature` must be strictly positive");
-        assert_eq!(msg(sampling(&Knobs::default(), 2, || 7)), "you must use sampling when `best_of` is > 1");
-        let seeded = Knobs { do_sample: true, seed: Some(1), ..Default::default() };
-        assert_eq!(msg(sampling(&seeded, 2, || 7)), "`seed` must not be set when `best_of` > 1");
+        assert_eq!(
+            msg(s(Knobs {
+                top_p: Some(1.0),
+                ..Default::default()
+            })),
+            "`top_p` must be > 0.0 and < 1.0"
+        );
+        assert_eq!(
+            msg(s(Knobs {
+                typical_p: Some(0.0),
+                ..Default::default()
+            })),
+            "`typical_p` must be > 0.0 and < 1.0"
+        );
+        assert_eq!(
+            msg(s(Knobs {
+                top_k: Some(0),
+                ..Default::default()
+            })),
+            "`top_k` must be strictly positive"
+        );
+        assert_eq!(
+            msg(s(Knobs {
+                temperature: Some(f32::NAN),
+                ..Default::default()
+            })),
+            "`temperature` must be strictly positive"
+        );
+        assert_eq!(
+            msg(sampling(&Knobs::default(), 2, || 7)),
+            "you must use sampling when `best_of` is > 1"
+        );
+        let seeded = Knobs {
+            do_sample: true,
+            seed: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(
+            msg(sampling(&seeded, 2, || 7)),
+            "`seed` must not be set when `best_of` > 1"
+        );
     }
 
     #[test]
@@ -214,11 +277,27 @@ mod tests {
         let s = sampling(&Knobs::default(), 1, || 7).unwrap();
         assert!(!s.params.do_sample);
         assert_eq!(s.seed, None);
-        let s = sampling(&Knobs { temperature: Some(0.7), ..Default::default() }, 1, || 7).unwrap();
+        let s = sampling(
+            &Knobs {
+                temperature: Some(0.7),
+                ..Default::default()
+            },
+            1,
+            || 7,
+        )
+        .unwrap();
         assert!(s.params.do_sample);
         assert_eq!(s.seed, Some(7));
-        let s = sampling(&Knobs { temperature: Some(1.0), repetition_penalty: Some(1.1), ..Default::default() }, 1, || 7)
-            .unwrap();
+        let s = sampling(
+            &Knobs {
+                temperature: Some(1.0),
+                repetition_penalty: Some(1.1),
+                ..Default::default()
+            },
+            1,
+            || 7,
+        )
+        .unwrap();
         assert!(!s.params.do_sample);
     }
 
@@ -226,17 +305,35 @@ mod tests {
     fn length_limits() {
         let l = limits();
         assert_eq!(lengths(&l, 10, None).unwrap(), 4086);
-        assert_eq!(msg(lengths(&l, 10, Some(0))), "`max_new_tokens` must be strictly positive");
+        assert_eq!(
+            msg(lengths(&l, 10, Some(0))),
+            "`max_new_tokens` must be strictly positive"
+        );
         assert_eq!(
             msg(lengths(&l, 4000, Some(100))),
             "`inputs` tokens + `max_new_tokens` must be <= 4096. Given: 4000 `inputs` tokens and 100 `max_new_tokens`"
         );
-        assert_eq!(msg(lengths(&l, 3700, Some(10))), "`inputs` must have less than 3696 tokens. Given: 3700");
+        assert_eq!(
+            msg(lengths(&l, 3700, Some(10))),
+            "`inputs` must have less than 3696 tokens. Given: 3700"
+        );
         assert_eq!(lengths_allow_zero(&l, 10, Some(0)).unwrap(), 0);
-        assert_eq!(msg(truncate(&l, Some(0))), "`truncate` must be strictly positive and less than 3696. Given: 0");
-        assert_eq!(msg(best_of(&l, Some(3))), "`best_of` must be > 0 and <= 2. Given: 3");
-        assert_eq!(msg(top_n_tokens(&l, Some(6))), "`top_n_tokens` must be >= 0 and <= 5. Given: 6");
+        assert_eq!(
+            msg(truncate(&l, Some(0))),
+            "`truncate` must be strictly positive and less than 3696. Given: 0"
+        );
+        assert_eq!(
+            msg(best_of(&l, Some(3))),
+            "`best_of` must be > 0 and <= 2. Given: 3"
+        );
+        assert_eq!(
+            msg(top_n_tokens(&l, Some(6))),
+            "`top_n_tokens` must be >= 0 and <= 5. Given: 6"
+        );
         let stops: Vec<String> = (0..5).map(|i| i.to_string()).collect();
-        assert_eq!(msg(stop_sequences(&l, &stops)), "`stop` supports up to 4 stop sequences. Given: 5");
+        assert_eq!(
+            msg(stop_sequences(&l, &stops)),
+            "`stop` supports up to 4 stop sequences. Given: 5"
+        );
     }
 }

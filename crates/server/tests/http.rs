@@ -20,7 +20,12 @@ async fn health_info_metrics_and_models() {
     assert_eq!(models["data"][0]["object"], "model");
     let m = get(&format!("{url}/metrics")).await;
     assert_eq!(m.status, 200);
-    for name in ["meditron_requests_total", "meditron_time_to_first_token_seconds", "meditron_kv_pages_used", "meditron_batch_size"] {
+    for name in [
+        "meditron_requests_total",
+        "meditron_time_to_first_token_seconds",
+        "meditron_kv_pages_used",
+        "meditron_batch_size",
+    ] {
         assert!(m.text().contains(name), "{name} missing");
     }
 }
@@ -31,10 +36,19 @@ async fn health_info_metrics_and_models() {
 async fn greedy_generate_equals_the_single_sequence_loop() {
     let url = server_or_skip!();
     let prompt = "The capital of France is";
-    let r = post(&format!("{url}/generate"), &json!({"inputs": prompt, "parameters": {"max_new_tokens": 24}})).await;
+    let r = post(
+        &format!("{url}/generate"),
+        &json!({"inputs": prompt, "parameters": {"max_new_tokens": 24}}),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let served = r.json()["generated_text"].as_str().unwrap().to_string();
-    assert_eq!(r.headers["x-generated-tokens"].to_str().unwrap().parse::<usize>().unwrap() > 0, true);
+    let generated: usize = r.headers["x-generated-tokens"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(generated > 0);
 
     let path = common::default_model().unwrap();
     let loaded = model::load::load(&path).unwrap();
@@ -47,22 +61,34 @@ async fn greedy_generate_equals_the_single_sequence_loop() {
         stop_tokens: loaded.tokenizer.eos_ids().to_vec(),
     };
     let mut session = model::generate::Session::new(&loaded.model, 256);
-    let reference =
-        model::generate::generate(&loaded.model, &pool, &loaded.tokenizer, &mut session, &ids, &params, |_| true).unwrap();
+    let reference = model::generate::generate(
+        &loaded.model,
+        &pool,
+        &loaded.tokenizer,
+        &mut session,
+        &ids,
+        &params,
+        |_| true,
+    )
+    .unwrap();
     assert_eq!(served, reference.text);
 }
 
 #[tokio::test]
 async fn identical_greedy_requests_in_one_batch_give_identical_text() {
     let url = server_or_skip!();
-    let body = json!({"inputs": "Symptoms of the flu include", "parameters": {"max_new_tokens": 16}});
+    let body =
+        json!({"inputs": "Symptoms of the flu include", "parameters": {"max_new_tokens": 16}});
     let futures: Vec<_> = (0..12)
         .map(|i| {
             let (url, body) = (url.clone(), body.clone());
             // Mix streaming and plain requests so that they join the batch at different steps.
             tokio::spawn(async move {
                 if i % 2 == 0 {
-                    post(&format!("{url}/generate"), &body).await.json()["generated_text"].as_str().unwrap().to_string()
+                    post(&format!("{url}/generate"), &body).await.json()["generated_text"]
+                        .as_str()
+                        .unwrap()
+                        .to_string()
                 } else {
                     let r = post(&format!("{url}/generate_stream"), &body).await;
                     let last: Value = serde_json::from_str(r.events().last().unwrap()).unwrap();
@@ -85,16 +111,36 @@ async fn stream_tokens_add_up_to_the_generated_text() {
     let body = json!({"inputs": "Once upon a time", "parameters": {"max_new_tokens": 12, "details": true, "top_n_tokens": 2}});
     let r = post(&format!("{url}/generate_stream"), &body).await;
     assert_eq!(r.status, 200);
-    assert!(r.headers["content-type"].to_str().unwrap().starts_with("text/event-stream"));
-    let events: Vec<Value> = r.events().iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    assert!(r.headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events: Vec<Value> = r
+        .events()
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
     let last = events.last().unwrap();
-    let text: String = events.iter().filter(|e| !e["token"]["special"].as_bool().unwrap()).map(|e| e["token"]["text"].as_str().unwrap()).collect();
+    let text: String = events
+        .iter()
+        .filter(|e| !e["token"]["special"].as_bool().unwrap())
+        .map(|e| e["token"]["text"].as_str().unwrap())
+        .collect();
     assert_eq!(last["generated_text"].as_str().unwrap(), text);
     assert_eq!(last["details"]["generated_tokens"], events.len());
-    assert!(events[..events.len() - 1].iter().all(|e| e["generated_text"].is_null()));
-    assert!(events.iter().all(|e| e["top_tokens"].as_array().unwrap().len() == 2));
-    assert!(events.iter().all(|e| e["token"]["logprob"].as_f64().unwrap() <= 0.0));
-    let indexes: Vec<u64> = events.iter().map(|e| e["index"].as_u64().unwrap()).collect();
+    assert!(events[..events.len() - 1]
+        .iter()
+        .all(|e| e["generated_text"].is_null()));
+    assert!(events
+        .iter()
+        .all(|e| e["top_tokens"].as_array().unwrap().len() == 2));
+    assert!(events
+        .iter()
+        .all(|e| e["token"]["logprob"].as_f64().unwrap() <= 0.0));
+    let indexes: Vec<u64> = events
+        .iter()
+        .map(|e| e["index"].as_u64().unwrap())
+        .collect();
     assert_eq!(indexes, (1..=events.len() as u64).collect::<Vec<_>>());
 }
 
@@ -108,7 +154,16 @@ async fn details_prefill_best_of_and_full_text() {
     }});
     let r = post(&format!("{url}/generate"), &body).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    for h in ["x-compute-time", "x-total-time", "x-validation-time", "x-queue-time", "x-inference-time", "x-time-per-token", "x-prompt-tokens", "x-generated-tokens"] {
+    for h in [
+        "x-compute-time",
+        "x-total-time",
+        "x-validation-time",
+        "x-queue-time",
+        "x-inference-time",
+        "x-time-per-token",
+        "x-prompt-tokens",
+        "x-generated-tokens",
+    ] {
         assert!(r.headers.contains_key(h), "{h}");
     }
     let v = r.json();
@@ -116,22 +171,40 @@ async fn details_prefill_best_of_and_full_text() {
     assert!(v["generated_text"].as_str().unwrap().starts_with(inputs));
     assert_eq!(d["seed"], 3);
     let prefill = d["prefill"].as_array().unwrap();
-    assert_eq!(prefill.len(), r.headers["x-prompt-tokens"].to_str().unwrap().parse::<usize>().unwrap());
+    assert_eq!(
+        prefill.len(),
+        r.headers["x-prompt-tokens"]
+            .to_str()
+            .unwrap()
+            .parse::<usize>()
+            .unwrap()
+    );
     assert!(prefill[0]["logprob"].is_null());
-    assert!(prefill[1..].iter().all(|t| t["logprob"].as_f64().unwrap() <= 0.0));
+    assert!(prefill[1..]
+        .iter()
+        .all(|t| t["logprob"].as_f64().unwrap() <= 0.0));
     // Same seed, same text.
     let again = post(&format!("{url}/generate"), &body).await.json();
     assert_eq!(again["generated_text"], v["generated_text"]);
 
     let best = json!({"inputs": inputs, "parameters": {"max_new_tokens": 4, "best_of": 2, "do_sample": true, "details": true}});
     let v = post(&format!("{url}/generate"), &best).await.json();
-    assert_eq!(v["details"]["best_of_sequences"].as_array().unwrap().len(), 1, "{v}");
+    assert_eq!(
+        v["details"]["best_of_sequences"].as_array().unwrap().len(),
+        1,
+        "{v}"
+    );
 }
 
 #[tokio::test]
 async fn stop_sequences_end_generation_as_tgi_and_openai_do() {
     let url = server_or_skip!();
-    let greedy = post(&format!("{url}/generate"), &json!({"inputs": "1, 2, 3, 4,", "parameters": {"max_new_tokens": 12}})).await.json();
+    let greedy = post(
+        &format!("{url}/generate"),
+        &json!({"inputs": "1, 2, 3, 4,", "parameters": {"max_new_tokens": 12}}),
+    )
+    .await
+    .json();
     let text = greedy["generated_text"].as_str().unwrap().to_string();
     // Stop at the third character of the greedy continuation, whatever it is.
     let stop: String = text.chars().skip(2).take(2).collect();
@@ -141,9 +214,17 @@ async fn stop_sequences_end_generation_as_tgi_and_openai_do() {
     assert_eq!(v["details"]["finish_reason"], "stop_sequence");
     // TGI keeps the stop sequence in the text; OpenAI cuts it.
     assert!(v["generated_text"].as_str().unwrap().contains(&stop));
-    let c = post(&format!("{url}/v1/completions"), &json!({"prompt": "1, 2, 3, 4,", "max_tokens": 12, "temperature": 0, "stop": stop})).await.json();
+    let c = post(
+        &format!("{url}/v1/completions"),
+        &json!({"prompt": "1, 2, 3, 4,", "max_tokens": 12, "temperature": 0, "stop": stop}),
+    )
+    .await
+    .json();
     let cut = c["choices"][0]["text"].as_str().unwrap();
-    assert!(!cut.contains(&stop) && text.starts_with(cut), "{cut:?} {text:?}");
+    assert!(
+        !cut.contains(&stop) && text.starts_with(cut),
+        "{cut:?} {text:?}"
+    );
     assert_eq!(c["choices"][0]["finish_reason"], "stop");
 }
 
@@ -167,7 +248,11 @@ async fn validation_errors_have_tgis_codes_and_messages() {
         (json!({"max_new_tokens": 5000}), "`inputs` tokens + `max_new_tokens` must be <= 4096. Given: 2 `inputs` tokens and 5000 `max_new_tokens`"),
     ];
     for (params, message) in cases {
-        let r = post(&format!("{url}/generate"), &json!({"inputs": "Hi there", "parameters": params})).await;
+        let r = post(
+            &format!("{url}/generate"),
+            &json!({"inputs": "Hi there", "parameters": params}),
+        )
+        .await;
         assert_eq!(r.status, 422, "{params}");
         let v = r.json();
         assert_eq!(v["error_type"], "validation", "{params}");
@@ -176,11 +261,26 @@ async fn validation_errors_have_tgis_codes_and_messages() {
     let r = post(&format!("{url}/generate"), &json!({"inputs": ""})).await;
     assert_eq!(r.json()["error"], "`inputs` cannot be empty");
     let long = "hello ".repeat(5000);
-    let r = post(&format!("{url}/generate"), &json!({"inputs": long, "parameters": {"max_new_tokens": 1}})).await;
+    let r = post(
+        &format!("{url}/generate"),
+        &json!({"inputs": long, "parameters": {"max_new_tokens": 1}}),
+    )
+    .await;
     assert_eq!(r.status, 422);
-    assert!(r.json()["error"].as_str().unwrap().starts_with("`inputs`"), "{}", r.text());
-    let r = post(&format!("{url}/generate_stream"), &json!({"inputs": "a", "parameters": {"best_of": 2, "do_sample": true}})).await;
-    assert_eq!(r.json()["error"], "`best_of` != 1 is not supported when streaming tokens");
+    assert!(
+        r.json()["error"].as_str().unwrap().starts_with("`inputs`"),
+        "{}",
+        r.text()
+    );
+    let r = post(
+        &format!("{url}/generate_stream"),
+        &json!({"inputs": "a", "parameters": {"best_of": 2, "do_sample": true}}),
+    )
+    .await;
+    assert_eq!(
+        r.json()["error"],
+        "`best_of` != 1 is not supported when streaming tokens"
+    );
     // OpenAI routes answer in OpenAI's shape.
     let r = post(&format!("{url}/v1/chat/completions"), &json!({"model": "x", "messages": [{"role": "user", "content": "hi"}], "frequency_penalty": 9})).await;
     assert_eq!(r.status, 422);
@@ -196,24 +296,46 @@ async fn malformed_requests_get_4xx_never_a_crash() {
         (b"{\"inputs\": ".to_vec(), 400),
         (b"not json at all".to_vec(), 400),
         (b"{\"inputs\": 42}".to_vec(), 422),
-        (b"{\"inputs\": \"x\", \"parameters\": {\"max_new_tokens\": -1}}".to_vec(), 422),
-        (b"{\"inputs\": \"x\", \"parameters\": {\"stop\": \"not a list\"}}".to_vec(), 422),
+        (
+            b"{\"inputs\": \"x\", \"parameters\": {\"max_new_tokens\": -1}}".to_vec(),
+            422,
+        ),
+        (
+            b"{\"inputs\": \"x\", \"parameters\": {\"stop\": \"not a list\"}}".to_vec(),
+            422,
+        ),
         (b"{\"inputs\": \"\xff\xfe bad utf8\"}".to_vec(), 400),
         (b"[]".to_vec(), 422),
         (Vec::new(), 400),
     ];
     for (body, status) in cases {
         let r = request("POST", &gen, body.clone(), &json_ct).await;
-        assert_eq!(r.status, status, "{:?} -> {}", String::from_utf8_lossy(&body), r.text());
+        assert_eq!(
+            r.status,
+            status,
+            "{:?} -> {}",
+            String::from_utf8_lossy(&body),
+            r.text()
+        );
         assert!(r.json()["error"].is_string());
     }
     let huge = vec![b'a'; 3_000_000];
     let r = request("POST", &gen, huge, &json_ct).await;
     assert_eq!(r.status, 413);
-    let r = request("POST", &format!("{url}/v1/completions"), b"{\"prompt\": [[1, 2], \"x\"]}".to_vec(), &json_ct).await;
+    let r = request(
+        "POST",
+        &format!("{url}/v1/completions"),
+        b"{\"prompt\": [[1, 2], \"x\"]}".to_vec(),
+        &json_ct,
+    )
+    .await;
     assert_eq!(r.status, 422);
     assert!(r.json()["error"]["message"].is_string());
-    let r = post(&format!("{url}/v1/completions"), &json!({"prompt": [[99999999]], "max_tokens": 1})).await;
+    let r = post(
+        &format!("{url}/v1/completions"),
+        &json!({"prompt": [[99999999]], "max_tokens": 1}),
+    )
+    .await;
     assert_eq!(r.status, 422);
     assert_eq!(get(&format!("{url}/nope")).await.status, 404);
     // Still serving.
@@ -226,13 +348,30 @@ async fn chat_completions_plain_and_streamed() {
     let body = json!({"model": "anything", "messages": [
         {"role": "system", "content": "You are a medical assistant."},
         {"role": "user", "content": "What is a fever?"}], "max_tokens": 12, "temperature": 0, "logprobs": true, "top_logprobs": 2});
-    let v = post(&format!("{url}/v1/chat/completions"), &body).await.json();
+    let v = post(&format!("{url}/v1/chat/completions"), &body)
+        .await
+        .json();
     assert_eq!(v["object"], "chat.completion");
     assert_eq!(v["model"], "anything");
-    let content = v["choices"][0]["message"]["content"].as_str().unwrap().to_string();
+    let content = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
     assert!(!content.is_empty());
-    assert_eq!(v["choices"][0]["logprobs"]["content"][0]["top_logprobs"].as_array().unwrap().len(), 2);
-    assert_eq!(v["usage"]["completion_tokens"].as_u64().unwrap() as usize, v["choices"][0]["logprobs"]["content"].as_array().unwrap().len());
+    assert_eq!(
+        v["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(
+        v["usage"]["completion_tokens"].as_u64().unwrap() as usize,
+        v["choices"][0]["logprobs"]["content"]
+            .as_array()
+            .unwrap()
+            .len()
+    );
 
     let mut body = body;
     body["stream"] = json!(true);
@@ -240,20 +379,43 @@ async fn chat_completions_plain_and_streamed() {
     let r = post(&format!("{url}/v1/chat/completions"), &body).await;
     let events = r.events();
     assert_eq!(events.last().unwrap(), "[DONE]");
-    let chunks: Vec<Value> = events[..events.len() - 1].iter().map(|e| serde_json::from_str(e).unwrap()).collect();
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
-    let streamed: String = chunks.iter().filter_map(|c| c["choices"][0]["delta"]["content"].as_str()).collect();
+    let streamed: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
     assert_eq!(streamed, content);
-    assert!(chunks.iter().any(|c| c["choices"][0]["finish_reason"].is_string()));
-    assert!(chunks.last().unwrap()["usage"]["total_tokens"].as_u64().unwrap() > 0);
+    assert!(chunks
+        .iter()
+        .any(|c| c["choices"][0]["finish_reason"].is_string()));
+    assert!(
+        chunks.last().unwrap()["usage"]["total_tokens"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
 }
 
 /// lm-eval's log-likelihood request: token ids, echo, logprobs, one generated token.
 #[tokio::test]
 async fn completions_echo_logprobs_on_token_ids_as_lm_eval_sends_them() {
     let url = server_or_skip!();
-    let ids = post(&format!("{url}/tokenize"), &json!({"prompt": "The heart pumps blood", "add_special_tokens": false})).await.json();
-    let ids: Vec<u64> = ids["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
+    let ids = post(
+        &format!("{url}/tokenize"),
+        &json!({"prompt": "The heart pumps blood", "add_special_tokens": false}),
+    )
+    .await
+    .json();
+    let ids: Vec<u64> = ids["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect();
     let body = json!({"model": "m", "prompt": [ids.clone(), ids[..2].to_vec()], "max_tokens": 1, "temperature": 0, "logprobs": 1, "echo": true, "seed": 1234});
     let v = post(&format!("{url}/v1/completions"), &body).await.json();
     let choices = v["choices"].as_array().unwrap();
@@ -262,13 +424,26 @@ async fn completions_echo_logprobs_on_token_ids_as_lm_eval_sends_them() {
     let token_logprobs = lp["token_logprobs"].as_array().unwrap();
     assert_eq!(token_logprobs.len(), ids.len() + 1);
     assert!(token_logprobs[0].is_null() && lp["top_logprobs"][0].is_null());
-    for (t, top) in token_logprobs[1..].iter().zip(lp["top_logprobs"].as_array().unwrap()[1..].iter()) {
+    for (t, top) in token_logprobs[1..]
+        .iter()
+        .zip(lp["top_logprobs"].as_array().unwrap()[1..].iter())
+    {
         let t = t.as_f64().unwrap();
-        let best = top.as_object().unwrap().values().map(|v| v.as_f64().unwrap()).fold(f64::NEG_INFINITY, f64::max);
+        let best = top
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|v| v.as_f64().unwrap())
+            .fold(f64::NEG_INFINITY, f64::max);
         assert!(t <= best + 1e-6);
     }
     // The prompt scores equal TGI's decoder_input_details for the same ids.
-    let text = post(&format!("{url}/detokenize"), &json!({"tokens": ids})).await.json()["prompt"].as_str().unwrap().to_string();
+    let text = post(&format!("{url}/detokenize"), &json!({"tokens": ids}))
+        .await
+        .json()["prompt"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let tgi = post(&format!("{url}/generate"), &json!({"inputs": text, "parameters": {"max_new_tokens": 1, "details": true, "decoder_input_details": true}})).await.json();
     let prefill = tgi["details"]["prefill"].as_array().unwrap();
     if prefill.len() == ids.len() {
@@ -277,8 +452,19 @@ async fn completions_echo_logprobs_on_token_ids_as_lm_eval_sends_them() {
         }
     }
     // max_tokens 0 with echo scores the prompt alone.
-    let v = post(&format!("{url}/v1/completions"), &json!({"prompt": ids, "max_tokens": 0, "echo": true, "logprobs": 0})).await.json();
-    assert_eq!(v["choices"][0]["logprobs"]["token_logprobs"].as_array().unwrap().len(), ids.len());
+    let v = post(
+        &format!("{url}/v1/completions"),
+        &json!({"prompt": ids, "max_tokens": 0, "echo": true, "logprobs": 0}),
+    )
+    .await
+    .json();
+    assert_eq!(
+        v["choices"][0]["logprobs"]["token_logprobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        ids.len()
+    );
 }
 
 #[tokio::test]
@@ -287,18 +473,37 @@ async fn tokenizer_routes() {
     let info = get(&format!("{url}/tokenizer_info")).await.json();
     assert!(info["eos_token"].is_string());
     let text = "Paracetamol 500 mg";
-    let v = post(&format!("{url}/tokenize"), &json!({"prompt": text, "add_special_tokens": false})).await.json();
-    let back = post(&format!("{url}/detokenize"), &json!({"tokens": v["tokens"]})).await.json();
+    let v = post(
+        &format!("{url}/tokenize"),
+        &json!({"prompt": text, "add_special_tokens": false}),
+    )
+    .await
+    .json();
+    let back = post(
+        &format!("{url}/detokenize"),
+        &json!({"tokens": v["tokens"]}),
+    )
+    .await
+    .json();
     assert_eq!(back["prompt"], text);
     assert_eq!(v["count"], v["tokens"].as_array().unwrap().len());
-    let tgi = post(&format!("{url}/tokenize"), &json!({"inputs": text})).await.json();
-    let spans: String = tgi.as_array().unwrap().iter().map(|t| &text[t["start"].as_u64().unwrap() as usize..t["stop"].as_u64().unwrap() as usize]).collect();
+    let tgi = post(&format!("{url}/tokenize"), &json!({"inputs": text}))
+        .await
+        .json();
+    let spans: String = tgi
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| &text[t["start"].as_u64().unwrap() as usize..t["stop"].as_u64().unwrap() as usize])
+        .collect();
     assert_eq!(spans, text);
 }
 
 #[tokio::test]
 async fn a_client_that_disconnects_frees_its_sequence() {
-    let Some((url, _stop)) = common::start_server(|_| {}) else { return };
+    let Some((url, _stop)) = common::start_server(|_| {}) else {
+        return;
+    };
     common::runtime()
         .spawn(async move {
             let body = json!({"inputs": "Tell me a long story", "parameters": {"max_new_tokens": 2000, "ignore_eos": true}});
@@ -314,7 +519,11 @@ async fn a_client_that_disconnects_frees_its_sequence() {
             drop(b);
             let start = Instant::now();
             while metric(&url, "meditron_requests_total{outcome=\"cancelled\"}").await < 1.0 || metric(&url, "meditron_kv_pages_used").await > 0.0 {
-                assert!(start.elapsed() < Duration::from_secs(10), "the sequence was not freed");
+                assert!(
+                    start.elapsed() < Duration::from_secs(20),
+                    "the sequence was not freed: {}",
+                    get(&format!("{url}/metrics")).await.text()
+                );
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             assert_eq!(metric(&url, "meditron_requests_running").await, 0.0);
@@ -326,7 +535,9 @@ async fn a_client_that_disconnects_frees_its_sequence() {
 
 #[tokio::test]
 async fn over_max_concurrent_requests_gets_429() {
-    let Some((url, _stop)) = common::start_server(|a| a.max_concurrent_requests = 2) else { return };
+    let Some((url, _stop)) = common::start_server(|a| a.max_concurrent_requests = 2) else {
+        return;
+    };
     common::runtime()
         .spawn(async move {
             let long = json!({"inputs": "Count to a thousand", "parameters": {"max_new_tokens": 300, "ignore_eos": true}});
@@ -352,18 +563,32 @@ async fn over_max_concurrent_requests_gets_429() {
 
 #[tokio::test]
 async fn api_key_is_required_on_generation_routes() {
-    let Some((url, _stop)) = common::start_server(|a| a.api_key = Some("s3cret".into())) else { return };
+    let Some((url, _stop)) = common::start_server(|a| a.api_key = Some("s3cret".into())) else {
+        return;
+    };
     common::runtime()
         .spawn(async move {
             let body = json!({"inputs": "hi", "parameters": {"max_new_tokens": 2}}).to_string();
             let ct = ("content-type", "application/json");
             let r = request("POST", &format!("{url}/generate"), body.clone(), &[ct]).await;
             assert_eq!(r.status, 401);
-            let r = request("POST", &format!("{url}/generate"), body.clone(), &[ct, ("authorization", "Bearer wrong")]).await;
+            let r = request(
+                "POST",
+                &format!("{url}/generate"),
+                body.clone(),
+                &[ct, ("authorization", "Bearer wrong")],
+            )
+            .await;
             assert_eq!(r.status, 401);
             let r = request("POST", &format!("{url}/v1/completions"), "{}", &[ct]).await;
             assert_eq!(r.json()["error"]["code"], "invalid_api_key");
-            let r = request("POST", &format!("{url}/generate"), body, &[ct, ("authorization", "Bearer s3cret")]).await;
+            let r = request(
+                "POST",
+                &format!("{url}/generate"),
+                body,
+                &[ct, ("authorization", "Bearer s3cret")],
+            )
+            .await;
             assert_eq!(r.status, 200);
             assert_eq!(get(&format!("{url}/health")).await.status, 200);
         })
@@ -373,7 +598,9 @@ async fn api_key_is_required_on_generation_routes() {
 
 #[tokio::test]
 async fn shutdown_finishes_streams_in_flight_and_refuses_new_requests() {
-    let Some((url, stop)) = common::start_server(|_| {}) else { return };
+    let Some((url, stop)) = common::start_server(|_| {}) else {
+        return;
+    };
     common::runtime()
         .spawn(async move {
             let body = json!({"inputs": "Write a poem", "parameters": {"max_new_tokens": 40, "ignore_eos": true}});

@@ -17,7 +17,9 @@ use std::time::Duration;
 pub fn default_model() -> Option<PathBuf> {
     let home = match std::env::var_os("MEDITRON_HOME") {
         Some(h) => PathBuf::from(h),
-        None => PathBuf::from(std::env::var_os("HOME")?).join(".cache").join("meditron"),
+        None => PathBuf::from(std::env::var_os("HOME")?)
+            .join(".cache")
+            .join("meditron"),
     };
     let p = home.join("models").join("SmolLM2-135M-Instruct.Q4_1.gguf");
     p.is_file().then_some(p)
@@ -27,21 +29,34 @@ pub fn default_model() -> Option<PathBuf> {
 pub fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
-        tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("test runtime")
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("test runtime")
     })
 }
 
 /// Starts a server with `configure`d flags; returns its base URL and a trigger for SIGTERM-like
 /// shutdown. None when the default model is not installed.
-pub fn start_server(configure: impl FnOnce(&mut server::ServeArgs)) -> Option<(String, tokio::sync::oneshot::Sender<()>)> {
+pub fn start_server(
+    configure: impl FnOnce(&mut server::ServeArgs),
+) -> Option<(String, tokio::sync::oneshot::Sender<()>)> {
     let model = default_model()?;
     let mut args = server::ServeArgs::with_model(Some(model));
     args.shutdown_timeout = 10;
+    // Several test servers share the machine (2 cores in CI): one compute thread each keeps
+    // their pools from spinning against one another.
+    args.threads = Some(1);
+    // The KV cache is allocated (and written) up front: 8k tokens (190 MB) is plenty here.
+    args.max_batch_total_tokens = Some(8192);
     configure(&mut args);
     let srv = server::Server::start(&args).expect("server starts");
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    listener.set_nonblocking(true).expect("non-blocking listener");
+    listener
+        .set_nonblocking(true)
+        .expect("non-blocking listener");
     let url = format!("http://{}", listener.local_addr().expect("addr"));
     // Spawned, not blocked on: this may run inside a test's own runtime.
     runtime().spawn(async move {
@@ -57,10 +72,15 @@ pub fn start_server(configure: impl FnOnce(&mut server::ServeArgs)) -> Option<(S
 
 /// The server most tests share, started once with the default flags.
 pub fn shared() -> Option<&'static str> {
-    static URL: OnceLock<Option<(String, std::sync::Mutex<Option<tokio::sync::oneshot::Sender<()>>>)>> = OnceLock::new();
-    URL.get_or_init(|| start_server(|_| {}).map(|(u, tx)| (u, std::sync::Mutex::new(Some(tx)))))
-        .as_ref()
-        .map(|(u, _)| u.as_str())
+    static URL: OnceLock<Option<String>> = OnceLock::new();
+    URL.get_or_init(|| {
+        start_server(|_| {}).map(|(url, stop)| {
+            // Dropping the trigger would shut the server down; it serves until the process ends.
+            std::mem::forget(stop);
+            url
+        })
+    })
+    .as_deref()
 }
 
 /// Skips the test (with a note) when the default model is not installed.
@@ -70,7 +90,9 @@ macro_rules! server_or_skip {
         match common::shared() {
             Some(u) => u.to_string(),
             None => {
-                eprintln!("skipped: the default model is not installed (scripts/fetch-default-model)");
+                eprintln!(
+                    "skipped: the default model is not installed (scripts/fetch-default-model)"
+                );
                 return;
             }
         }
@@ -91,7 +113,8 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(&self) -> Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
     pub fn text(&self) -> String {
@@ -102,12 +125,21 @@ impl Reply {
     pub fn events(&self) -> Vec<String> {
         self.text()
             .split("\n\n")
-            .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data:")).map(|d| d.trim().to_string()))
+            .filter_map(|e| {
+                e.lines()
+                    .find_map(|l| l.strip_prefix("data:"))
+                    .map(|d| d.trim().to_string())
+            })
             .collect()
     }
 }
 
-pub async fn request(method: &str, url: &str, body: impl Into<Bytes>, headers: &[(&str, &str)]) -> Reply {
+pub async fn request(
+    method: &str,
+    url: &str,
+    body: impl Into<Bytes>,
+    headers: &[(&str, &str)],
+) -> Reply {
     let mut b = hyper::Request::builder().method(method).uri(url);
     for (k, v) in headers {
         b = b.header(*k, *v);
@@ -119,12 +151,28 @@ pub async fn request(method: &str, url: &str, body: impl Into<Bytes>, headers: &
         .expect("response");
     let status = response.status().as_u16();
     let headers = response.headers().clone();
-    let body = response.into_body().collect().await.expect("body").to_bytes().to_vec();
-    Reply { status, headers, body }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes()
+        .to_vec();
+    Reply {
+        status,
+        headers,
+        body,
+    }
 }
 
 pub async fn post(url: &str, body: &Value) -> Reply {
-    request("POST", url, body.to_string(), &[("content-type", "application/json")]).await
+    request(
+        "POST",
+        url,
+        body.to_string(),
+        &[("content-type", "application/json")],
+    )
+    .await
 }
 
 pub async fn get(url: &str) -> Reply {
