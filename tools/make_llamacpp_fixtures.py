@@ -158,7 +158,7 @@ def main():
     gcases, lcases = [], []
     comp_base = [binp("llama-completion"), "-m", M, "-n", str(N_PREDICT), "--temp", "0", "-s", str(SEED),
                  "-t", str(THREADS), "-c", "1024", "-no-cnv", "--no-escape", "--no-warmup", "--simple-io",
-                 "--verbose-prompt", "-p", "PROMPT"]
+                 "--no-display-prompt", "--verbose-prompt", "-p", "PROMPT"]
     ref_cmd = ["tools/llamacpp_ref", M, "PROMPT_FILE", str(N_PREDICT), str(TOP_K), str(THREADS)]
     stats = {"positions": 0, "top1_agree": 0, "max_abs_top1_logit_diff": 0.0, "sum_abs_top1_logit_diff": 0.0,
              "max_abs_logsumexp_diff": 0.0}
@@ -174,7 +174,7 @@ def main():
             p = run(cmd)
             stdout = p.stdout.decode("utf-8", "replace")
             stderr = p.stderr.decode("utf-8", "replace")
-            gen_text = stdout[len(prompt):] if stdout.startswith(prompt) else stdout
+            gen_text = stdout
             if gen_text.endswith("\n\n"):
                 gen_text = gen_text[:-2]  # llama-completion ends its output with LOG("\n\n")
             m = re.search(r"number of tokens in prompt = (\d+)", stderr)
@@ -229,6 +229,7 @@ def main():
         stats["mean_abs_top1_logit_diff"] = round(stats.pop("sum_abs_top1_logit_diff") / stats["positions"], 5)
         stats["max_abs_top1_logit_diff"] = round(stats["max_abs_top1_logit_diff"], 5)
         stats["max_abs_logsumexp_diff"] = round(stats["max_abs_logsumexp_diff"], 5)
+    f32 = f32_check(args, model, tf_g, tf_l)
     n_equal = sum(1 for g in gcases if g.get("vs_transformers", {}).get("new_ids_equal"))
     write_json(os.path.join(out, "greedy.json"), {
         **meta,
@@ -244,7 +245,11 @@ def main():
             "at_first_diff shows the top-1/top-2 logit margins of both at the first divergence "
             "(llama.cpp quantizes activations to 8 bits for Q4_1/Q8_0 dot products, so near-ties "
             "can go the other way).",
+            "f32_weights_check: the same run with the GGUF requantized to F32 by llama-quantize "
+            "(no activation quantization; the KV cache stays F16): agreement with transformers "
+            "there shows the Q4_1 differences come from activation quantization, not the model.",
         ],
+        "f32_weights_check": f32,
         "summary": {"prompts": len(gcases), "new_ids_equal_to_transformers": n_equal,
                     "llama_completion_equals_helper": all(g["llama_completion"]["text_equals_helper"]
                                                           for g in gcases)},
@@ -256,6 +261,7 @@ def main():
         "notes": ["Per prompt position: llama.cpp's top-10 (id, logit) and logsumexp, rounded to 4 "
                   "decimals, from tools/llamacpp_ref.cpp (one batch with logits for every position)."],
         "vs_transformers": stats,
+        "f32_weights_check": f32,
         "cases": lcases,
     })
 
@@ -309,19 +315,64 @@ def main():
         p = run([cmd[0], "-m", model] + cmd[3:])
         results = json.loads(p.stdout)
         summary = [{"test": ("pp%d" % r["n_prompt"]) if r["n_prompt"] else ("tg%d" % r["n_gen"]),
-                    "tokens_per_second": round(r["avg_ts"], 2), "stddev": round(r["stddev_ts"], 2)}
+                    "tokens_per_second": round(r["avg_ts"], 2), "stddev": round(r["stddev_ts"], 2),
+                    "best_of_runs": round(max(r.get("samples_ts") or [r["avg_ts"]]), 2)}
                    for r in results]
         write_json(os.path.join(out, "bench.json"), {
             **meta,
             "command": shell_cmd(cmd),
             "notes": ["Machine noise: a shared 2-core machine (other builds may have been running); "
-                      "loadavg_before is os.getloadavg() just before the run. Speed figures are for "
-                      "comparison on the same machine only."],
+                      "loadavg_before is os.getloadavg() just before the run. best_of_runs (the fastest "
+                      "of llama-bench's 5 repetitions) is the least disturbed figure. Speed figures are "
+                      "for comparison on the same machine only."],
             "loadavg_before": [round(x, 2) for x in load],
             "summary": summary,
             "llama_bench": results,
         })
         print(f"bench: {summary}", file=sys.stderr)
+
+
+def f32_check(args, model, tf_g, tf_l):
+    """The same model with its weights dequantized to F32 by llama-quantize (ggml's own
+    dequantization): llama.cpp then computes without quantizing activations, which isolates
+    that effect from everything else when comparing with transformers."""
+    quant = os.path.join(args.bin, "llama-quantize")
+    if not os.path.exists(quant):
+        return None
+    res = {"command": "llama-quantize --allow-requantize $MODEL F32.gguf F32, then the helper on F32.gguf",
+           "prompts": 0, "new_ids_equal_to_transformers": 0, "positions": 0, "top1_agree": 0,
+           "max_abs_logit_diff_shared_top10": 0.0, "cases": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        f32 = os.path.join(tmp, "f32.gguf")
+        run([quant, "--allow-requantize", model, f32, "F32"])
+        pf = os.path.join(tmp, "prompt.txt")
+        for name, prompt, _chat in fi.prompts():
+            with open(pf, "wb") as f:
+                f.write(prompt.encode("utf-8"))
+            ref = json.loads(run([args.ref, f32, pf, str(N_PREDICT), str(TOP_K), str(THREADS)]).stdout)
+            case = {"name": name}
+            if name in tf_g:
+                d = first_diff(ref["new_ids"], tf_g[name]["new_ids"])
+                case["new_ids_equal"] = d is None
+                case["first_diff"] = d
+                res["prompts"] += 1
+                res["new_ids_equal_to_transformers"] += d is None
+            if name in tf_l and tf_l[name]["ids"] == ref["prompt_ids"]:
+                mx = 0.0
+                for a, b in zip(ref["positions"], tf_l[name]["positions"]):
+                    tfl = dict((i, v) for i, v in b["top"])
+                    res["positions"] += 1
+                    res["top1_agree"] += a["top"][0][0] == b["top"][0][0]
+                    for i, v in a["top"]:
+                        if i in tfl:
+                            mx = max(mx, abs(v - tfl[i]))
+                case["max_abs_logit_diff_shared_top10"] = round(mx, 5)
+                res["max_abs_logit_diff_shared_top10"] = max(res["max_abs_logit_diff_shared_top10"], round(mx, 5))
+            res["cases"].append(case)
+    print(f"f32 check: greedy equal {res['new_ids_equal_to_transformers']}/{res['prompts']}, top1 "
+          f"{res['top1_agree']}/{res['positions']}, max diff {res['max_abs_logit_diff_shared_top10']}",
+          file=sys.stderr)
+    return res
 
 
 def cpu_name():

@@ -13,7 +13,7 @@
 # - build: CPU only, static libraries, no OpenSSL/server/tests; AVX2 + AVX-512 + VNNI chosen
 #   explicitly and GGML_NATIVE=OFF, AMX off: the build machines advertise AMX, which faults, so
 #   never -march=native. Targets: llama-completion, llama-simple, llama-tokenize,
-#   llama-perplexity, llama-bench. About 10 minutes with -j2.
+#   llama-perplexity, llama-bench, llama-quantize. About 10 minutes with -j2.
 # - tools/llamacpp_ref.cpp (a thin client of llama.h that also reports generated token ids and
 #   per-position logits) is compiled against that build's static libraries into DIR/llamacpp_ref.
 #
@@ -47,7 +47,7 @@ build() {
     -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AMX_TILE=OFF \
     -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF -DGGML_OPENMP=ON >/dev/null
   PATH="$dir/venv/bin:$PATH" nice -n 10 cmake --build "$dir/build" -j2 --target llama-completion \
-    llama-simple llama-tokenize llama-perplexity llama-bench
+    llama-simple llama-tokenize llama-perplexity llama-bench llama-quantize
   echo "llama.cpp binaries: $dir/build/bin" >&2
 }
 
