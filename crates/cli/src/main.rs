@@ -27,6 +27,8 @@ enum Command {
     Perplexity(commands::perplexity::Args),
     /// Prefill and decode speed, like llama-bench (pp512 / tg128)
     Bench(commands::bench::Args),
+    /// Download a model repository (any branch) into the Hugging Face cache or a folder
+    Download(hub::DownloadArgs),
 }
 
 fn main() {
@@ -45,6 +47,7 @@ fn main() {
         Command::Tokenize(a) => commands::tokenize::run(a),
         Command::Perplexity(a) => commands::perplexity::run(a),
         Command::Bench(a) => commands::bench::run(a),
+        Command::Download(a) => hub::run_download(&a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

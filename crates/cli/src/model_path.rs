@@ -1,7 +1,9 @@
-//! Where `--model` points: a GGUF file, a Hugging Face model directory, or (when absent) the
+//! Where `--model` points: a GGUF file, a Hugging Face model directory, `org/name[:branch]` on
+//! the Hugging Face Hub (resolved through its cache), or (when absent) the
 //! built-in default model, SmolLM2-135M-Instruct Q4_1, fetched by `scripts/fetch-default-model`.
 
 use anyhow::{bail, Result};
+use std::io::IsTerminal;
 use std::path::PathBuf;
 
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
@@ -39,5 +41,29 @@ pub fn resolve(model: Option<&str>) -> Result<PathBuf> {
     if path.exists() {
         return Ok(path);
     }
-    bail!("model '{model}' not found: pass a .gguf file or a Hugging Face model directory");
+    if hub::RepoSpec::looks_like_repo(model) {
+        return from_hub(model);
+    }
+    bail!("model '{model}' not found: pass a .gguf file, a Hugging Face model directory or ORG/NAME[:BRANCH]");
+}
+
+/// `org/name[:branch]`: the snapshot from the Hugging Face cache, downloading what is missing.
+fn from_hub(model: &str) -> Result<PathBuf> {
+    let spec = hub::RepoSpec::parse(model, None)?;
+    let opts = hub::DownloadOptions {
+        progress: std::io::stderr().is_terminal(),
+        ..Default::default()
+    };
+    let dir = hub::resolve_model(&spec, &hub::HubConfig::from_env()?, &opts)?;
+    // A repository of GGUF files resolves to the one GGUF it holds.
+    if !dir.join("config.json").is_file() {
+        let ggufs: Vec<PathBuf> = std::fs::read_dir(&dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "gguf"))
+            .collect();
+        if let [one] = ggufs.as_slice() {
+            return Ok(one.clone());
+        }
+    }
+    Ok(dir)
 }
