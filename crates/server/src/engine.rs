@@ -21,9 +21,12 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
-/// Prompt tokens per step while other sequences are decoding: a long prefill in one step would
-/// stall every stream for seconds, so it is spread over several steps.
-const PREFILL_CHUNK_WHILE_DECODING: usize = 256;
+/// Prompt tokens per step while other sequences are decoding (or one per decoding sequence,
+/// if more): on a CPU a step costs about the same per token, prefill or decode, so a long
+/// prefill in one step would stall every stream for seconds (a 256-token chunk held 16 streams
+/// for 2 s on 2 cores); spread over steps it keeps inter-token latency near a decode step's,
+/// while still admitting prompts as fast as streams finish.
+const PREFILL_CHUNK_WHILE_DECODING: usize = 64;
 
 /// Prompt tokens per step of a request that wants every prompt token's log-probabilities: each
 /// of them returns a whole vocabulary of logits (200 KB for 50k tokens).
@@ -361,7 +364,7 @@ impl Engine {
         }
         let mut budget = self.limits.max_batch_prefill_tokens;
         if decoding > 0 {
-            budget = budget.min(PREFILL_CHUNK_WHILE_DECODING);
+            budget = budget.min(PREFILL_CHUNK_WHILE_DECODING.max(decoding));
         }
         for (i, r) in self.running.iter().enumerate() {
             if r.fed >= r.prompt_len || budget == 0 {

@@ -540,7 +540,7 @@ async fn over_max_concurrent_requests_gets_429() {
     };
     common::runtime()
         .spawn(async move {
-            let long = json!({"inputs": "Count to a thousand", "parameters": {"max_new_tokens": 300, "ignore_eos": true}});
+            let long = json!({"inputs": "Count to a thousand", "parameters": {"max_new_tokens": 120, "ignore_eos": true}});
             let running: Vec<_> = (0..2).map(|_| {
                 let (url, long) = (url.clone(), long.clone());
                 tokio::spawn(async move { post(&format!("{url}/generate"), &long).await.status })
