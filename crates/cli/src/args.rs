@@ -64,7 +64,7 @@ pub struct SamplingArgs {
     #[arg(long, default_value_t = 1.0)]
     pub typical_p: f32,
     /// Penalty for tokens already in the context, as Hugging Face's (1: off)
-    #[arg(long, default_value_t = 1.1)]
+    #[arg(long, default_value_t = 1.0)]
     pub repetition_penalty: f32,
     /// Random seed (default: from the clock); the same seed gives the same text
     #[arg(long)]

@@ -13,7 +13,8 @@ pub enum FormatError {
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
+        // Not marked #[source]: the message already includes it, and error reporters that
+        // walk the chain would print it twice.
         source: std::io::Error,
     },
 
@@ -42,7 +43,7 @@ pub enum FormatError {
     #[error("{}: {source}", path.display())]
     InFile {
         path: PathBuf,
-        #[source]
+        // Not #[source], for the same reason as in `Io`.
         source: Box<FormatError>,
     },
 }
