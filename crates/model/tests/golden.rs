@@ -115,7 +115,9 @@ const NEAR_TIE: f32 = 0.5;
 /// Max and mean |ours - reference| over the reference's top-10 logits at every position, and
 /// the positions where the top-1 token agrees.
 fn compare_logits(file: &str) -> (f32, f32, usize, usize) {
-    let Some(m) = default_model() else { return (0.0, 0.0, 1, 1) };
+    let Some(m) = default_model() else {
+        return (0.0, 0.0, 1, 1);
+    };
     let pool = ThreadPool::new(2);
     let fx = read_json(file);
     let vocab = m.model.config.n_vocab;
@@ -124,7 +126,12 @@ fn compare_logits(file: &str) -> (f32, f32, usize, usize) {
     for case in fx["cases"].as_array().expect("cases") {
         let tokens = ids(&case["ids"]);
         let logits = all_logits(&m.model, &pool, &tokens);
-        for (pos, p) in case["positions"].as_array().expect("positions").iter().enumerate() {
+        for (pos, p) in case["positions"]
+            .as_array()
+            .expect("positions")
+            .iter()
+            .enumerate()
+        {
             let row = &logits[pos * vocab..(pos + 1) * vocab];
             let top = p["top"].as_array().expect("top");
             for pair in top {
@@ -150,7 +157,10 @@ fn logits_match_transformers() {
     assert!(max <= MAX_LOGIT_DIFF, "max logit difference {max}");
     assert!(mean <= MAX_MEAN_LOGIT_DIFF, "mean logit difference {mean}");
     // Near-ties may flip, but almost every position must agree.
-    assert!(agree * 100 >= positions * 97, "top-1 agrees at only {agree}/{positions}");
+    assert!(
+        agree * 100 >= positions * 97,
+        "top-1 agrees at only {agree}/{positions}"
+    );
 }
 
 /// llama.cpp rounds activations as we do, so its logits are the closer reference.
@@ -159,7 +169,10 @@ fn logits_match_llama_cpp() {
     let (max, mean, agree, positions) = compare_logits("llamacpp/logits.json");
     assert!(max <= MAX_LOGIT_DIFF, "max logit difference {max}");
     assert!(mean <= MAX_MEAN_LOGIT_DIFF, "mean logit difference {mean}");
-    assert!(agree * 100 >= positions * 97, "top-1 agrees at only {agree}/{positions}");
+    assert!(
+        agree * 100 >= positions * 97,
+        "top-1 agrees at only {agree}/{positions}"
+    );
 }
 
 /// Greedy decoding from `prompt` for `n` tokens through the real generation path (prefill,

@@ -148,7 +148,10 @@ macro_rules! quant_kernels {
         /// # Safety
         /// The CPU has the enabled features; every row holds `xs[n].len()` Q4_0 blocks.
         #[target_feature(enable = $features)]
-        pub unsafe fn dot_q4_0<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[BlockQ8]; N]) -> [[f32; N]; R] {
+        pub unsafe fn dot_q4_0<const R: usize, const N: usize>(
+            rows: [&[u8]; R],
+            xs: [&[BlockQ8]; N],
+        ) -> [[f32; N]; R] {
             let mut acc = [[_mm256_setzero_ps(); N]; R];
             let mut offs = [[0f32; N]; R];
             for i in 0..xs[0].len() {
@@ -171,7 +174,10 @@ macro_rules! quant_kernels {
         /// # Safety
         /// The CPU has the enabled features; every row holds `xs[n].len()` Q4_1 blocks.
         #[target_feature(enable = $features)]
-        pub unsafe fn dot_q4_1<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[BlockQ8]; N]) -> [[f32; N]; R] {
+        pub unsafe fn dot_q4_1<const R: usize, const N: usize>(
+            rows: [&[u8]; R],
+            xs: [&[BlockQ8]; N],
+        ) -> [[f32; N]; R] {
             let mut acc = [[_mm256_setzero_ps(); N]; R];
             let mut offs = [[0f32; N]; R];
             for i in 0..xs[0].len() {
@@ -194,7 +200,10 @@ macro_rules! quant_kernels {
         /// # Safety
         /// The CPU has the enabled features; every row holds `xs[n].len()` Q8_0 blocks.
         #[target_feature(enable = $features)]
-        pub unsafe fn dot_q8_0<const R: usize, const N: usize>(rows: [&[u8]; R], xs: [&[BlockQ8]; N]) -> [[f32; N]; R] {
+        pub unsafe fn dot_q8_0<const R: usize, const N: usize>(
+            rows: [&[u8]; R],
+            xs: [&[BlockQ8]; N],
+        ) -> [[f32; N]; R] {
             let mut acc = [[_mm256_setzero_ps(); N]; R];
             for i in 0..xs[0].len() {
                 for r in 0..R {

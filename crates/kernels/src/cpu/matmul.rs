@@ -199,7 +199,10 @@ pub fn matmul_with(
                         let mut r = tile.start;
                         // Four rows at a time: independent accumulator chains.
                         while r + 4 <= tile.end {
-                            let v = (k.four_rows)([w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)], [xrow(t)]);
+                            let v = (k.four_rows)(
+                                [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)],
+                                [xrow(t)],
+                            );
                             for (j, [v]) in v.into_iter().enumerate() {
                                 // SAFETY: each (t, r) is written by exactly one thread.
                                 unsafe { out.write(t * rows + r + j, v) };
@@ -208,7 +211,9 @@ pub fn matmul_with(
                         }
                         for r in r..tile.end {
                             // SAFETY: each (t, r) is written by exactly one thread.
-                            unsafe { out.write(t * rows + r, (k.one)([w.row(r)], [xrow(t)])[0][0]) };
+                            unsafe {
+                                out.write(t * rows + r, (k.one)([w.row(r)], [xrow(t)])[0][0])
+                            };
                         }
                     }
                 }
