@@ -33,7 +33,7 @@ pub fn attend(
     scores.clear();
     scores.resize(group * n_pos, 0.0); // (group, n_pos)
     #[cfg(target_arch = "x86_64")]
-    if Features::get().avx2_fma && head_dim % 8 == 0 {
+    if Features::get().avx2_fma && head_dim.is_multiple_of(8) {
         // SAFETY: the CPU has AVX2, FMA and F16C; shapes checked by the caller's layout.
         unsafe {
             simd::attend(
@@ -97,6 +97,7 @@ fn portable(
 }
 
 #[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // index loops over registers read best here
 mod simd {
     use super::*;
     use std::arch::x86_64::*;

@@ -239,10 +239,13 @@ pub fn matmul_with(
 /// Weight rows against activation rows: one row x one token (tails), four rows x one token
 /// (decode), one row x four tokens (prefill).
 struct QuantKernels {
-    one: fn([&[u8]; 1], [&[BlockQ8]; 1]) -> [[f32; 1]; 1],
-    four_rows: fn([&[u8]; 4], [&[BlockQ8]; 1]) -> [[f32; 1]; 4],
-    four_tokens: fn([&[u8]; 1], [&[BlockQ8]; 4]) -> [[f32; 4]; 1],
+    one: RowsDot<1, 1>,
+    four_rows: RowsDot<4, 1>,
+    four_tokens: RowsDot<1, 4>,
 }
+
+/// R weight rows against N activation rows.
+type RowsDot<const R: usize, const N: usize> = fn([&[u8]; R], [&[BlockQ8]; N]) -> [[f32; N]; R];
 
 fn pick_quant_kernels(kind: QuantKind, feat: Features) -> QuantKernels {
     macro_rules! simd {

@@ -124,7 +124,7 @@ impl ThreadPool {
         let mut spins = 0u32;
         while sh.inside.load(Ordering::Acquire) != 0 {
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 std::thread::yield_now();
             } else {
                 std::hint::spin_loop();
@@ -195,7 +195,7 @@ fn worker_loop(sh: &Shared) {
                 break;
             }
             spins += 1;
-            if spins % 256 != 0 || spin_start.elapsed() < SPIN {
+            if !spins.is_multiple_of(256) || spin_start.elapsed() < SPIN {
                 std::hint::spin_loop();
                 continue;
             }
