@@ -80,7 +80,7 @@ pub struct SamplingArgs {
 impl SamplingArgs {
     pub fn params(&self) -> Result<SamplingParams> {
         let t = self.temperature;
-        if !(t >= 0.0) || !t.is_finite() {
+        if !t.is_finite() || t < 0.0 {
             bail!("--temperature must be 0 (greedy) or positive, got {t}");
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
@@ -89,7 +89,7 @@ impl SamplingArgs {
         if !(self.typical_p > 0.0 && self.typical_p <= 1.0) {
             bail!("--typical-p must be in (0, 1], got {}", self.typical_p);
         }
-        if !(self.repetition_penalty > 0.0) || !self.repetition_penalty.is_finite() {
+        if !self.repetition_penalty.is_finite() || self.repetition_penalty <= 0.0 {
             bail!(
                 "--repetition-penalty must be positive, got {}",
                 self.repetition_penalty

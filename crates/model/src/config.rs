@@ -52,19 +52,24 @@ impl ModelConfig {
                 return Err(format!("model config: {name} is 0"));
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return Err(format!(
                 "model config: {} attention heads are not a multiple of {} key/value heads",
                 self.n_heads, self.n_kv_heads
             ));
         }
-        if self.rope_dims == 0 || self.rope_dims > self.head_dim || self.rope_dims % 2 != 0 {
+        if self.rope_dims == 0
+            || self.rope_dims > self.head_dim
+            || !self.rope_dims.is_multiple_of(2)
+        {
             return Err(format!(
                 "model config: rope dimension count {} does not fit head_dim {}",
                 self.rope_dims, self.head_dim
             ));
         }
-        if !(self.rope_theta > 0.0) || !(self.rms_eps >= 0.0) {
+        // Written to also refuse NaN.
+        let in_range = self.rope_theta > 0.0 && self.rms_eps >= 0.0;
+        if !in_range {
             return Err(format!(
                 "model config: rope theta {} / rms eps {} out of range",
                 self.rope_theta, self.rms_eps

@@ -193,10 +193,8 @@ fn gguf_vector(file: &GgufFile, name: &str) -> Result<Vec<f32>> {
             info.dims.len()
         );
     }
-    Ok(
-        formats::ggml::dequantize_to_vec(info.ty, file.tensor_bytes(info), info.dims[0] as usize)
-            .with_context(|| format!("GGUF tensor '{name}'"))?,
-    )
+    formats::ggml::dequantize_to_vec(info.ty, file.tensor_bytes(info), info.dims[0] as usize)
+        .with_context(|| format!("GGUF tensor '{name}'"))
 }
 
 pub fn load_tokenizer(file: &GgufFile) -> Result<Tokenizer> {

@@ -136,5 +136,5 @@ fn hf_vector(weights: &ModelWeights, name: &str) -> Result<Vec<f32>> {
             t.shape
         );
     }
-    Ok(t.to_f32_vec().with_context(|| format!("tensor '{name}'"))?)
+    t.to_f32_vec().with_context(|| format!("tensor '{name}'"))
 }
