@@ -515,7 +515,12 @@ async fn a_client_that_disconnects_frees_its_sequence() {
             let mut b = response.into_body();
             use http_body_util::BodyExt;
             let _first = b.frame().await;
-            assert!(metric(&url, "meditron_kv_pages_used").await > 0.0);
+            // The gauges are published at the end of the step that sent the token.
+            let start = Instant::now();
+            while metric(&url, "meditron_kv_pages_used").await == 0.0 {
+                assert!(start.elapsed() < Duration::from_secs(20), "no KV pages in use while generating");
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
             drop(b);
             let start = Instant::now();
             while metric(&url, "meditron_requests_total{outcome=\"cancelled\"}").await < 1.0 || metric(&url, "meditron_kv_pages_used").await > 0.0 {
