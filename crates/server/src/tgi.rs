@@ -303,13 +303,17 @@ fn timing_headers(request_id: u64, v: &ValidRequest, g: &Generation) -> HeaderMa
 }
 
 /// Runs `best_of` candidates (different seeds) and returns the one with the highest mean
-/// log-probability per token, and the others.
+/// log-probability per token with its seed, and the others.
 async fn run_best_of(
     state: &Arc<AppState>,
     v: &ValidRequest,
-) -> Result<(Generation, Vec<(Generation, u64)>), ApiError> {
+) -> Result<(Generation, Option<u64>, Vec<(Generation, u64)>), ApiError> {
     if v.best_of == 1 {
-        return Ok((generation::run(state, v.gen.clone()).await?, Vec::new()));
+        return Ok((
+            generation::run(state, v.gen.clone()).await?,
+            v.seed,
+            Vec::new(),
+        ));
     }
     let mut pending = Vec::new();
     for _ in 0..v.best_of {
@@ -331,8 +335,8 @@ async fn run_best_of(
         done.push((g, seed));
     }
     done.sort_by(|a, b| b.0.mean_logprob().total_cmp(&a.0.mean_logprob()));
-    let (best, _) = done.remove(0);
-    Ok((best, done))
+    let (best, seed) = done.remove(0);
+    Ok((best, Some(seed), done))
 }
 
 async fn generate_response(
@@ -343,7 +347,7 @@ async fn generate_response(
 ) -> Result<Response, ApiError> {
     let JsonBody(req) = body?;
     let v = validate(state, req, false, guard.arrived)?;
-    let (g, others) = run_best_of(state, &v).await?;
+    let (g, seed, others) = run_best_of(state, &v).await?;
     let details = v.details.then(|| {
         let (prefill, tokens, top_tokens) = sequence_parts(&v, &g);
         let best_of_sequences = (v.best_of > 1).then(|| {
@@ -366,7 +370,7 @@ async fn generate_response(
         Details {
             finish_reason: g.finish.as_str(),
             generated_tokens: g.tokens.len(),
-            seed: v.seed,
+            seed,
             prefill,
             tokens,
             top_tokens,
