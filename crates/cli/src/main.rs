@@ -29,6 +29,10 @@ enum Command {
     Bench(commands::bench::Args),
     /// Download a model repository (any branch) into the Hugging Face cache or a folder
     Download(hub::DownloadArgs),
+    /// Serve the model over the TGI and OpenAI HTTP APIs, with continuous batching
+    Serve(server::ServeArgs),
+    /// Measure a running server: latency and throughput at several concurrencies (like vLLM's)
+    BenchServe(server::BenchServeArgs),
 }
 
 fn main() {
@@ -48,6 +52,11 @@ fn main() {
         Command::Perplexity(a) => commands::perplexity::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Download(a) => hub::run_download(&a),
+        Command::Serve(mut a) => model_path::resolve(a.model.as_deref()).and_then(|p| {
+            a.model = Some(p.to_string_lossy().into_owned());
+            server::run_serve(a)
+        }),
+        Command::BenchServe(a) => server::run_bench_serve(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

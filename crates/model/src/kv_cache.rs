@@ -2,6 +2,7 @@
 //! so that many sequences share one bounded pool and a finished one frees its blocks at once.
 
 use half::f16;
+use half::slice::HalfBitsSliceExt;
 
 /// Token slots per block.
 pub const BLOCK_TOKENS: usize = 16;
@@ -52,8 +53,10 @@ struct Sequence {
 pub struct KvCache {
     n_layers: usize,
     kv_dim: usize,
-    // (n_blocks, n_layers, 2 (k, v), BLOCK_TOKENS, kv_dim); zeroed lazily by the OS.
-    data: Vec<f16>,
+    // (n_blocks, n_layers, 2 (k, v), BLOCK_TOKENS, kv_dim) f16 bit patterns. Allocated as u16
+    // zeros, which the allocator hands out as untouched zero pages: memory becomes resident
+    // only as blocks are used (a vec of f16::ZERO would be written out in full at start).
+    data: Vec<u16>,
     free: Vec<u32>,
     seqs: Vec<Option<Sequence>>,
 }
@@ -66,7 +69,7 @@ impl KvCache {
         KvCache {
             n_layers,
             kv_dim,
-            data: vec![f16::ZERO; len],
+            data: vec![0u16; len],
             free: (0..n_blocks as u32).rev().collect(),
             seqs: Vec::new(),
         }
@@ -192,10 +195,10 @@ impl KvCache {
             self.offset(&seq.blocks, layer, true, pos),
         );
         for (d, s) in self.data[ko..ko + self.kv_dim].iter_mut().zip(k) {
-            *d = f16::from_f32(*s);
+            *d = f16::from_f32(*s).to_bits();
         }
         for (d, s) in self.data[vo..vo + self.kv_dim].iter_mut().zip(v) {
-            *d = f16::from_f32(*s);
+            *d = f16::from_f32(*s).to_bits();
         }
         Ok(())
     }
@@ -232,8 +235,8 @@ impl<'a> SeqView<'a> {
                     .cache
                     .offset(self.blocks, layer, true, b * BLOCK_TOKENS);
                 kernels::cpu::attention::KvRun {
-                    keys: &self.cache.data[ko..ko + len * kv],
-                    values: &self.cache.data[vo..vo + len * kv],
+                    keys: self.cache.data[ko..ko + len * kv].reinterpret_cast(),
+                    values: self.cache.data[vo..vo + len * kv].reinterpret_cast(),
                     n: len,
                 }
             })
@@ -244,13 +247,13 @@ impl<'a> SeqView<'a> {
     #[inline]
     pub fn key(&self, layer: usize, pos: usize) -> &[f16] {
         let o = self.cache.offset(self.blocks, layer, false, pos);
-        &self.cache.data[o..o + self.cache.kv_dim]
+        self.cache.data[o..o + self.cache.kv_dim].reinterpret_cast()
     }
 
     #[inline]
     pub fn value(&self, layer: usize, pos: usize) -> &[f16] {
         let o = self.cache.offset(self.blocks, layer, true, pos);
-        &self.cache.data[o..o + self.cache.kv_dim]
+        self.cache.data[o..o + self.cache.kv_dim].reinterpret_cast()
     }
 }
 
