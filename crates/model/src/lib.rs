@@ -2,6 +2,7 @@
 //! sampling and the generation loop.
 
 pub mod config;
+pub mod convert;
 pub mod generate;
 pub mod kv_cache;
 pub mod llama;

@@ -261,6 +261,40 @@ impl Tokenizer {
     }
 
     /// Number of ids the tokenizer knows, added tokens included.
+    /// Writes a Hugging Face `tokenizer.json` and `tokenizer_config.json` (special tokens,
+    /// BOS/EOS flags, chat template) into `dir`, as `save_pretrained` would.
+    pub fn save_hf(&self, dir: &Path) -> Result<(), TokenizerError> {
+        let json_path = dir.join("tokenizer.json");
+        self.inner
+            .save(&json_path, false)
+            .map_err(|e| TokenizerError::Parse {
+                path: json_path.clone(),
+                message: format!("writing: {e}"),
+            })?;
+        let mut config = serde_json::json!({
+            "tokenizer_class": "PreTrainedTokenizerFast",
+            "add_bos_token": self.add_bos,
+            "add_eos_token": self.add_eos,
+            "clean_up_tokenization_spaces": false,
+            "model_max_length": 1_000_000_000_000_000_000u64,
+        });
+        if let Some(t) = &self.bos_token {
+            config["bos_token"] = t.clone().into();
+        }
+        if let Some(t) = &self.eos_token {
+            config["eos_token"] = t.clone().into();
+        }
+        if let Some(t) = &self.chat_template {
+            config["chat_template"] = t.clone().into();
+        }
+        let config_path = dir.join("tokenizer_config.json");
+        let text = serde_json::to_string_pretty(&config).unwrap_or_default();
+        std::fs::write(&config_path, text).map_err(|source| TokenizerError::Io {
+            path: config_path,
+            source,
+        })
+    }
+
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
     }
