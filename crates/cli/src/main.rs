@@ -29,6 +29,8 @@ enum Command {
     Bench(commands::bench::Args),
     /// Write a GGUF model as a Hugging Face model directory (safetensors f32/f16/bf16)
     Convert(commands::convert::Args),
+    /// Medical benchmarks of the Meditron paper (PubMedQA, MedMCQA, MedQA, MMLU-Medical)
+    Eval(commands::eval::Args),
     /// Download a model repository (any branch) into the Hugging Face cache or a folder
     Download(hub::DownloadArgs),
     /// Serve the model over the TGI and OpenAI HTTP APIs, with continuous batching
@@ -54,6 +56,7 @@ fn main() {
         Command::Perplexity(a) => commands::perplexity::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Convert(a) => commands::convert::run(a),
+        Command::Eval(a) => commands::eval::run(a),
         Command::Download(a) => hub::run_download(&a),
         Command::Serve(mut a) => model_path::resolve(a.model.as_deref()).and_then(|p| {
             a.model = Some(p.to_string_lossy().into_owned());
