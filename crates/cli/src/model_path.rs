@@ -6,27 +6,10 @@ use anyhow::{bail, Result};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 
-pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-/// `$MEDITRON_HOME`, else `~/.cache/meditron`.
-pub fn meditron_home() -> PathBuf {
-    if let Some(h) = std::env::var_os("MEDITRON_HOME") {
-        return PathBuf::from(h);
-    }
-    let home = std::env::var_os("HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("."));
-    home.join(".cache").join("meditron")
-}
-
-pub fn default_model_path() -> PathBuf {
-    meditron_home().join("models").join(DEFAULT_MODEL_FILE)
-}
-
 /// Turns the `--model` value into a local path that exists.
 pub fn resolve(model: Option<&str>) -> Result<PathBuf> {
     let Some(model) = model else {
-        let path = default_model_path();
+        let path = model::load::default_model_path();
         if path.is_file() {
             return Ok(path);
         }

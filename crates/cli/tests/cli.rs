@@ -15,12 +15,7 @@ fn root() -> PathBuf {
 }
 
 fn default_model() -> Option<PathBuf> {
-    let home = std::env::var_os("MEDITRON_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/meditron")
-        });
-    let path = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = model::load::default_model_path();
     if path.is_file() {
         return Some(path);
     }

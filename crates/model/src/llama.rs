@@ -286,6 +286,29 @@ impl Llama {
         Ok(logits)
     }
 
+    /// Runs `tokens` as one new sequence (positions from 0, in a cache of its own) and returns
+    /// the logits of the positions `want_logits` selects, in order: (n_selected, n_vocab).
+    pub fn forward_sequence(
+        &self,
+        tokens: &[u32],
+        pool: &ThreadPool,
+        want_logits: impl Fn(usize) -> bool,
+    ) -> Result<Vec<f32>, ForwardError> {
+        let mut cache = self.new_cache(tokens.len());
+        let seq = cache.add_sequence();
+        let batch: Vec<BatchToken> = tokens
+            .iter()
+            .enumerate()
+            .map(|(pos, &token)| BatchToken {
+                token,
+                seq,
+                pos,
+                logits: want_logits(pos),
+            })
+            .collect();
+        self.forward(&batch, &mut cache, pool)
+    }
+
     /// Grows each sequence's cache to cover the batch's positions before any layer runs, so a
     /// full cache fails the whole batch up front instead of half-way through.
     fn reserve_positions(

@@ -9,7 +9,7 @@ use kernels::cpu::ThreadPool;
 use model::generate::Session;
 use model::load::{load, LoadedModel};
 use model::sampler::argmax;
-use model::{BatchToken, Llama};
+use model::Llama;
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -24,17 +24,7 @@ fn read_json(name: &str) -> Value {
 }
 
 fn default_model() -> Option<LoadedModel> {
-    let path = std::env::var_os("MEDITRON_DEFAULT_GGUF")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            let home = std::env::var_os("MEDITRON_HOME")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| {
-                    PathBuf::from(std::env::var_os("HOME").unwrap_or_default())
-                        .join(".cache/meditron")
-                });
-            home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
+    let path = model::load::default_model_path();
     if !path.is_file() {
         assert!(
             std::env::var_os("CI").is_none(),
@@ -60,19 +50,9 @@ fn ids(v: &Value) -> Vec<u32> {
 
 /// Logits at every position of `tokens`, (n, n_vocab).
 fn all_logits(model: &Llama, pool: &ThreadPool, tokens: &[u32]) -> Vec<f32> {
-    let mut cache = model.new_cache(tokens.len());
-    let seq = cache.add_sequence();
-    let batch: Vec<BatchToken> = tokens
-        .iter()
-        .enumerate()
-        .map(|(pos, &token)| BatchToken {
-            token,
-            seq,
-            pos,
-            logits: true,
-        })
-        .collect();
-    model.forward(&batch, &mut cache, pool).expect("forward")
+    model
+        .forward_sequence(tokens, pool, |_| true)
+        .expect("forward")
 }
 
 #[test]

@@ -5,17 +5,11 @@
 use kernels::cpu::ThreadPool;
 use model::convert::{gguf_to_hf, OutDtype};
 use model::load::load;
-use model::BatchToken;
 use serde_json::Value;
 use std::path::PathBuf;
 
 fn default_gguf() -> Option<PathBuf> {
-    let home = std::env::var_os("MEDITRON_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/meditron")
-        });
-    let path = home.join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let path = model::load::default_model_path();
     if path.is_file() {
         return Some(path);
     }
@@ -67,21 +61,9 @@ fn converted_directory_loads_and_matches_transformers() {
             "{:?}",
             case["name"]
         );
-        let mut cache = hf.model.new_cache(ids.len());
-        let seq = cache.add_sequence();
-        let batch: Vec<BatchToken> = ids
-            .iter()
-            .enumerate()
-            .map(|(pos, &token)| BatchToken {
-                token,
-                seq,
-                pos,
-                logits: true,
-            })
-            .collect();
         let logits = hf
             .model
-            .forward(&batch, &mut cache, &pool)
+            .forward_sequence(&ids, &pool, |_| true)
             .expect("forward");
         for (pos, p) in case["positions"]
             .as_array()

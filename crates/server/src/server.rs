@@ -20,10 +20,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The default model's file, as `scripts/fetch-default-model` installs it.
-const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-/// `--model`, or the default model under `$MEDITRON_HOME` (else `~/.cache/meditron`)/models.
+/// `--model`, or the default model where `scripts/fetch-default-model` installs it.
 fn resolve_model(model: Option<&str>) -> Result<PathBuf> {
     if let Some(m) = model {
         let path = PathBuf::from(m);
@@ -33,13 +30,7 @@ fn resolve_model(model: Option<&str>) -> Result<PathBuf> {
         );
         return Ok(path);
     }
-    let home = match std::env::var_os("MEDITRON_HOME") {
-        Some(h) => PathBuf::from(h),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into()))
-            .join(".cache")
-            .join("meditron"),
-    };
-    let path = home.join("models").join(DEFAULT_MODEL_FILE);
+    let path = model::load::default_model_path();
     anyhow::ensure!(
         path.is_file(),
         "the default model is not installed (looked for {}); fetch it with `scripts/fetch-default-model` or pass --model",

@@ -132,19 +132,7 @@ impl Stats {
 
 /// One forward over all prompt tokens (llama-bench uses a single batch up to its batch size).
 fn prefill(model: &Llama, pool: &ThreadPool, tokens: &[u32]) -> Result<()> {
-    let mut cache = model.new_cache(tokens.len());
-    let seq = cache.add_sequence();
-    let batch: Vec<BatchToken> = tokens
-        .iter()
-        .enumerate()
-        .map(|(pos, &token)| BatchToken {
-            token,
-            seq,
-            pos,
-            logits: pos + 1 == tokens.len(),
-        })
-        .collect();
-    model.forward(&batch, &mut cache, pool)?;
+    model.forward_sequence(tokens, pool, |pos| pos + 1 == tokens.len())?;
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 use crate::args::ModelArgs;
 use anyhow::{bail, Context, Result};
 use kernels::cpu::ThreadPool;
-use model::{BatchToken, Llama};
+use model::Llama;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -79,19 +79,8 @@ pub fn run(args: Args) -> Result<()> {
 /// Negative log-likelihood summed over positions ctx/2 .. ctx-2 predicting the next token.
 fn score_chunk(model: &Llama, pool: &ThreadPool, chunk: &[u32]) -> Result<(f64, usize)> {
     let first = chunk.len() / 2;
-    let mut cache = model.new_cache(chunk.len());
-    let seq = cache.add_sequence();
-    let batch: Vec<BatchToken> = chunk
-        .iter()
-        .enumerate()
-        .map(|(pos, &token)| BatchToken {
-            token,
-            seq,
-            pos,
-            logits: pos >= first && pos + 1 < chunk.len(),
-        })
-        .collect();
-    let logits = model.forward(&batch, &mut cache, pool)?;
+    let logits =
+        model.forward_sequence(chunk, pool, |pos| pos >= first && pos + 1 < chunk.len())?;
     let vocab = model.config.n_vocab;
     let mut nll = 0f64;
     let mut n = 0;

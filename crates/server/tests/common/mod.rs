@@ -13,15 +13,14 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
-/// The default model, when `scripts/fetch-default-model` has installed it.
+/// The default model, when `scripts/fetch-default-model` has installed it (under CI it must be).
 pub fn default_model() -> Option<PathBuf> {
-    let home = match std::env::var_os("MEDITRON_HOME") {
-        Some(h) => PathBuf::from(h),
-        None => PathBuf::from(std::env::var_os("HOME")?)
-            .join(".cache")
-            .join("meditron"),
-    };
-    let p = home.join("models").join("SmolLM2-135M-Instruct.Q4_1.gguf");
+    let p = model::load::default_model_path();
+    assert!(
+        p.is_file() || std::env::var_os("CI").is_none(),
+        "the default model is missing under CI: {}",
+        p.display()
+    );
     p.is_file().then_some(p)
 }
 
