@@ -385,16 +385,19 @@ pub(crate) mod tests {
                             out.extend($m::dot_q4_0([row], [xq]).concat());
                             out.extend($m::dot_q4_0([row], [xq; 4]).concat());
                             out.extend($m::dot_q4_0([row; 4], [xq]).concat());
+                            out.extend($m::dot_q4_0([row; 4], [xq; 4]).concat());
                         }
                         QuantKind::Q4_1 => {
                             out.extend($m::dot_q4_1([row], [xq]).concat());
                             out.extend($m::dot_q4_1([row], [xq; 4]).concat());
                             out.extend($m::dot_q4_1([row; 4], [xq]).concat());
+                            out.extend($m::dot_q4_1([row; 4], [xq; 4]).concat());
                         }
                         QuantKind::Q8_0 => {
                             out.extend($m::dot_q8_0([row], [xq]).concat());
                             out.extend($m::dot_q8_0([row], [xq; 4]).concat());
                             out.extend($m::dot_q8_0([row; 4], [xq]).concat());
+                            out.extend($m::dot_q8_0([row; 4], [xq; 4]).concat());
                         }
                     }
                 }

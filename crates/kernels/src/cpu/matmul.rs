@@ -183,10 +183,25 @@ pub fn matmul_with(
                 for tile_start in range.clone().step_by(ROW_TILE) {
                     let tile = tile_start..(tile_start + ROW_TILE).min(range.end);
                     let mut t = 0;
-                    // Four tokens per pass over a weight row: each block is unpacked once.
+                    // Four tokens per pass over a weight row (each block unpacked once), and
+                    // four rows per pass over the tokens (each activation block loaded once).
                     while t + 4 <= n {
                         let xs = [xrow(t), xrow(t + 1), xrow(t + 2), xrow(t + 3)];
-                        for r in tile.clone() {
+                        let mut r = tile.start;
+                        while r + 4 <= tile.end {
+                            let v = (k.four_by_four)(
+                                [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)],
+                                xs,
+                            );
+                            for (i, row) in v.into_iter().enumerate() {
+                                for (j, v) in row.into_iter().enumerate() {
+                                    // SAFETY: each (t, r) is written by exactly one thread.
+                                    unsafe { out.write((t + j) * rows + r + i, v) };
+                                }
+                            }
+                            r += 4;
+                        }
+                        for r in r..tile.end {
                             let [v] = (k.four_tokens)([w.row(r)], xs);
                             for (j, v) in v.into_iter().enumerate() {
                                 // SAFETY: each (t, r) is written by exactly one thread.
@@ -242,6 +257,7 @@ struct QuantKernels {
     one: RowsDot<1, 1>,
     four_rows: RowsDot<4, 1>,
     four_tokens: RowsDot<1, 4>,
+    four_by_four: RowsDot<4, 4>,
 }
 
 /// R weight rows against N activation rows.
@@ -255,6 +271,7 @@ fn pick_quant_kernels(kind: QuantKind, feat: Features) -> QuantKernels {
                 one: |r, x| unsafe { dot::$m::$f(r, x) },
                 four_rows: |r, x| unsafe { dot::$m::$f(r, x) },
                 four_tokens: |r, x| unsafe { dot::$m::$f(r, x) },
+                four_by_four: |r, x| unsafe { dot::$m::$f(r, x) },
             }
         };
     }
@@ -283,6 +300,7 @@ fn pick_quant_kernels(kind: QuantKind, feat: Features) -> QuantKernels {
                 one: |r, x| [[$f(r[0], x[0])]],
                 four_rows: |r, x| r.map(|r| [$f(r, x[0])]),
                 four_tokens: |r, x| [x.map(|x| $f(r[0], x))],
+                four_by_four: |r, x| r.map(|r| x.map(|x| $f(r, x))),
             }
         };
     }
