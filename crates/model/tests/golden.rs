@@ -24,19 +24,7 @@ fn read_json(name: &str) -> Value {
 }
 
 fn default_model() -> Option<LoadedModel> {
-    let path = model::load::default_model_path();
-    if !path.is_file() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "the default model is missing under CI: {}",
-            path.display()
-        );
-        eprintln!(
-            "skipping: {} not found (run scripts/fetch-default-model)",
-            path.display()
-        );
-        return None;
-    }
+    let path = model::load::default_model_for_tests()?;
     Some(load(&path).expect("loading the default model"))
 }
 

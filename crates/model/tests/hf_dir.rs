@@ -9,20 +9,7 @@ use serde_json::Value;
 use std::path::PathBuf;
 
 fn default_gguf() -> Option<PathBuf> {
-    let path = model::load::default_model_path();
-    if path.is_file() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("CI").is_none(),
-        "the default model is missing under CI: {}",
-        path.display()
-    );
-    eprintln!(
-        "skipping: {} not found (run scripts/fetch-default-model)",
-        path.display()
-    );
-    None
+    model::load::default_model_for_tests()
 }
 
 #[test]

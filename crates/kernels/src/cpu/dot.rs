@@ -26,6 +26,14 @@ pub enum QuantKind {
 }
 
 impl QuantKind {
+    pub fn ggml_type(self) -> formats::GgmlType {
+        match self {
+            QuantKind::Q4_0 => formats::GgmlType::Q4_0,
+            QuantKind::Q4_1 => formats::GgmlType::Q4_1,
+            QuantKind::Q8_0 => formats::GgmlType::Q8_0,
+        }
+    }
+
     pub fn block_bytes(self) -> usize {
         match self {
             QuantKind::Q4_0 => Q4_0_BYTES,
@@ -322,25 +330,10 @@ pub(crate) mod tests {
         out
     }
 
-    /// The plain reference: dequantize each element from the ggml formula, multiply in f32.
+    /// The plain reference: the formats crate's dequantizer (bit-exact against gguf-py).
     pub(crate) fn dequantize(kind: QuantKind, row: &[u8]) -> Vec<f32> {
-        let mut out = Vec::new();
-        for b in row.chunks_exact(kind.block_bytes()) {
-            let d = f16_at(b, 0);
-            match kind {
-                QuantKind::Q8_0 => out.extend(b[2..].iter().map(|&q| q as i8 as f32 * d)),
-                QuantKind::Q4_0 | QuantKind::Q4_1 => {
-                    let (qs, m) = if kind == QuantKind::Q4_0 {
-                        (&b[2..], -8.0 * d)
-                    } else {
-                        (&b[4..], f16_at(b, 2))
-                    };
-                    out.extend(qs.iter().map(|&q| (q & 0x0F) as f32 * d + m));
-                    out.extend(qs.iter().map(|&q| (q >> 4) as f32 * d + m));
-                }
-            }
-        }
-        out
+        let n = row.len() / kind.block_bytes() * QK;
+        formats::ggml::dequantize_to_vec(kind.ggml_type(), row, n).expect("whole blocks")
     }
 
     fn check(kind: QuantKind, portable: fn(&[u8], &[BlockQ8]) -> f32) {

@@ -99,33 +99,8 @@ impl<'a> WeightView<'a> {
                 }
             }
             WeightFormat::Blocks { dequantize, .. } => dequantize(src, out),
-            WeightFormat::Quant(kind) => dequantize_quant(kind, src, out),
-        }
-    }
-}
-
-fn dequantize_quant(kind: QuantKind, src: &[u8], out: &mut [f32]) {
-    for (b, o) in src
-        .chunks_exact(kind.block_bytes())
-        .zip(out.chunks_exact_mut(QK))
-    {
-        let d = f16::from_le_bytes([b[0], b[1]]).to_f32();
-        match kind {
-            QuantKind::Q8_0 => {
-                for (o, &q) in o.iter_mut().zip(&b[2..34]) {
-                    *o = q as i8 as f32 * d;
-                }
-            }
-            QuantKind::Q4_0 | QuantKind::Q4_1 => {
-                let (qs, m) = match kind {
-                    QuantKind::Q4_0 => (&b[2..18], -8.0 * d),
-                    _ => (&b[4..20], f16::from_le_bytes([b[2], b[3]]).to_f32()),
-                };
-                for j in 0..QK / 2 {
-                    o[j] = (qs[j] & 0x0F) as f32 * d + m;
-                    o[j + QK / 2] = (qs[j] >> 4) as f32 * d + m;
-                }
-            }
+            // The reference dequantizer; sizes were checked when the view was built.
+            WeightFormat::Quant(kind) => drop(formats::dequantize(kind.ggml_type(), src, out)),
         }
     }
 }
