@@ -8,6 +8,7 @@
 
 mod error;
 pub mod ggml;
+pub mod gptq;
 pub mod gguf;
 pub mod hf_config;
 pub mod safetensors;
