@@ -1,0 +1,486 @@
+//! GPTQ on one linear layer (spec: ../shared/specs/gptq.md, "The GPTQ algorithm"), and
+//! round-to-nearest with the same grid for comparison.
+//!
+//! Layout: the weight comes in as nn.Linear stores it, `w[n, k]` (n outputs, k inputs). The
+//! column walk works on its transpose split into column chunks of outputs: every output row
+//! is quantized independently of the others (the Hessian couples inputs, not outputs), so each
+//! rayon task owns `k x chunk` values and walks all blocks without synchronizing, and every
+//! rank-1 update is a contiguous axpy over the chunk.
+
+use anyhow::{bail, Result};
+use faer::linalg::matmul::matmul;
+use faer::{Accum, Mat, MatMut, MatRef, Par, Side};
+use half::f16;
+use rayon::prelude::*;
+
+/// Columns walked between two lazy updates of the rest of the matrix (AutoGPTQ's blocksize).
+pub const BLOCK: usize = 128;
+
+/// How one matrix is quantized.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuantParams {
+    pub bits: u32,
+    /// Inputs per group; `None` = one group per output row (group_size -1).
+    pub group_size: Option<usize>,
+    pub sym: bool,
+    pub act_order: bool,
+    pub static_groups: bool,
+    /// Fraction of the mean Hessian diagonal added to the diagonal.
+    pub damp: f64,
+}
+
+/// Codes and grid of one quantized matrix, in checkpoint order (rows = inputs, unpermuted).
+#[derive(Clone, Debug)]
+pub struct QuantizedLinear {
+    pub n: usize,
+    pub k: usize,
+    /// `[k, n]`: code of input `i`, output `j` at `i * n + j` (qweight's unpacked layout).
+    pub codes: Vec<u8>,
+    /// `[groups, n]`, already rounded to f16 (what the file holds).
+    pub scales: Vec<f16>,
+    /// `[groups, n]`: the real zero point (v1 files store it minus one).
+    pub zeros: Vec<u8>,
+    /// `[k]`: the group of each input.
+    pub g_idx: Vec<i32>,
+    /// `[n, k]` f32: `scale * (code - zero)`, what the next layers' calibration runs on.
+    pub dequant: Vec<f32>,
+}
+
+impl QuantizedLinear {
+    pub fn groups(&self) -> usize {
+        self.scales.len() / self.n.max(1)
+    }
+}
+
+/// What the algorithm reports besides the codes.
+#[derive(Clone, Debug, Default)]
+pub struct GptqStats {
+    /// AutoGPTQ's reported error: sum over columns of `(w - q)^2 / U[c, c]^2 / 2`, which equals
+    /// `tr(dW H' dW^T) / 2` for the damped Hessian `H'` (see the tests).
+    pub loss: f64,
+    /// Damping fraction finally used (more than asked when a Cholesky failed).
+    pub damp_used: f64,
+    /// Cholesky failures before one succeeded.
+    pub retries: u32,
+    /// Inputs that never fired (zero Hessian diagonal).
+    pub dead: usize,
+}
+
+/// Per-output scale and zero of one group, from the values `x` of each output over the group.
+#[derive(Clone, Copy, Debug)]
+struct Grid {
+    scale: f32,
+    zero: f32,
+}
+
+fn grid(xmin: f32, xmax: f32, p: &QuantParams) -> Grid {
+    let maxq = ((1u32 << p.bits) - 1) as f32;
+    let (mut lo, mut hi) = (xmin.min(0.0), xmax.max(0.0));
+    if p.sym {
+        hi = hi.max(-lo);
+        lo = -hi;
+    }
+    if lo == 0.0 && hi == 0.0 {
+        lo = -1.0;
+        hi = 1.0;
+    }
+    // The file stores scales in f16: quantize against exactly that value, so the written
+    // checkpoint dequantizes to what the error compensation assumed.
+    let mut scale = f16::from_f32((hi - lo) / maxq);
+    if scale.to_f32() <= 0.0 || !scale.is_finite() {
+        scale = if scale.is_finite() {
+            f16::from_bits(1)
+        } else {
+            f16::MAX
+        };
+    }
+    let scale = scale.to_f32();
+    let zero = if p.sym {
+        ((maxq + 1.0) / 2.0).floor()
+    } else {
+        (-lo / scale).round_ties_even().clamp(0.0, maxq)
+    };
+    Grid { scale, zero }
+}
+
+#[inline]
+fn quant(w: f32, g: Grid, maxq: f32) -> (u8, f32) {
+    let q = ((w / g.scale).round_ties_even() + g.zero).clamp(0.0, maxq);
+    (q as u8, g.scale * (q - g.zero))
+}
+
+/// Grids of the `rows` rows starting at `r0` of a `[k, n]` row-major matrix, one per output.
+fn fit_rows(wt: &[f32], n: usize, r0: usize, rows: usize, p: &QuantParams, out: &mut [Grid]) {
+    let mut lo = vec![f32::INFINITY; n];
+    let mut hi = vec![f32::NEG_INFINITY; n];
+    for r in r0..r0 + rows {
+        let row = &wt[r * n..(r + 1) * n];
+        for j in 0..n {
+            lo[j] = lo[j].min(row[j]);
+            hi[j] = hi[j].max(row[j]);
+        }
+    }
+    for j in 0..n {
+        out[j] = grid(lo[j], hi[j], p);
+    }
+}
+
+/// `a[k, n]` row-major of `w[n, k]`.
+fn transpose(w: &[f32], n: usize, k: usize) -> Vec<f32> {
+    let mut t = vec![0f32; n * k];
+    for (j, row) in w.chunks_exact(k).enumerate() {
+        for (i, v) in row.iter().enumerate() {
+            t[i * n + j] = *v;
+        }
+    }
+    t
+}
+
+fn check(w: &[f32], n: usize, k: usize, p: &QuantParams) -> Result<()> {
+    formats::gptq::check_bits(p.bits).map_err(anyhow::Error::msg)?;
+    if w.len() != n * k || n == 0 || k == 0 {
+        bail!("weight has {} values, expected {n} x {k}", w.len());
+    }
+    if let Some(g) = p.group_size {
+        if g == 0 || k % g != 0 {
+            bail!("group size {g} does not divide the {k} inputs");
+        }
+    }
+    if let Some(i) = w.iter().position(|v| !v.is_finite()) {
+        bail!(
+            "weight value {} at [{}, {}] is not finite",
+            w[i],
+            i / k,
+            i % k
+        );
+    }
+    Ok(())
+}
+
+fn n_groups(k: usize, p: &QuantParams) -> usize {
+    p.group_size.map_or(1, |g| k / g)
+}
+
+/// Round-to-nearest on the same grid as GPTQ (groups in the original input order).
+pub fn rtn(w: &[f32], n: usize, k: usize, p: &QuantParams) -> Result<QuantizedLinear> {
+    check(w, n, k, p)?;
+    let maxq = ((1u32 << p.bits) - 1) as f32;
+    let wt = transpose(w, n, k);
+    let gs = p.group_size.unwrap_or(k);
+    let groups = k / gs;
+    let mut out = empty(n, k, groups);
+    let mut grids = vec![
+        Grid {
+            scale: 1.0,
+            zero: 0.0
+        };
+        n
+    ];
+    for g in 0..groups {
+        fit_rows(&wt, n, g * gs, gs, p, &mut grids);
+        store_grids(&mut out, g, &grids);
+        for i in g * gs..(g + 1) * gs {
+            out.g_idx[i] = g as i32;
+            for j in 0..n {
+                let (q, v) = quant(wt[i * n + j], grids[j], maxq);
+                out.codes[i * n + j] = q;
+                out.dequant[j * k + i] = v;
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn empty(n: usize, k: usize, groups: usize) -> QuantizedLinear {
+    QuantizedLinear {
+        n,
+        k,
+        codes: vec![0; k * n],
+        scales: vec![f16::ZERO; groups * n],
+        zeros: vec![0; groups * n],
+        g_idx: vec![0; k],
+        dequant: vec![0.0; n * k],
+    }
+}
+
+fn store_grids(out: &mut QuantizedLinear, g: usize, grids: &[Grid]) {
+    let n = out.n;
+    for (j, gr) in grids.iter().enumerate() {
+        out.scales[g * n + j] = f16::from_f32(gr.scale);
+        out.zeros[g * n + j] = gr.zero as u8;
+    }
+}
+
+/// The upper Cholesky factor `U` of `(H + damp*mean(diag)*I)^-1` (f64), retrying with 0.01
+/// more damping each time a factorization fails.
+fn inverse_factor(h: &Mat<f64>, p: &QuantParams, stats: &mut GptqStats) -> Result<Mat<f64>> {
+    let k = h.nrows();
+    let mean_diag = (0..k).map(|i| h[(i, i)]).sum::<f64>() / k as f64;
+    let mut damp = p.damp;
+    loop {
+        let mut hd = h.clone();
+        for i in 0..k {
+            hd[(i, i)] += damp * mean_diag;
+        }
+        let attempt = hd.llt(Side::Lower).ok().and_then(|llt| {
+            use faer::linalg::solvers::DenseSolveCore;
+            let inv = llt.inverse();
+            inv.llt(Side::Lower)
+                .ok()
+                .map(|l| l.L().transpose().to_owned())
+        });
+        if let Some(u) = attempt {
+            if (0..k).all(|i| u[(i, i)].is_finite() && u[(i, i)] > 0.0) {
+                stats.damp_used = damp;
+                return Ok(u);
+            }
+        }
+        stats.retries += 1;
+        damp += 0.01;
+        if stats.retries > 100 {
+            bail!("the Hessian is not positive definite even with damping {damp:.2}");
+        }
+    }
+}
+
+/// GPTQ of `w[n, k]` (nn.Linear layout) against the Hessian `h[k, k]` (row-major, symmetric,
+/// any positive scale: `2/tokens * sum x x^T` here).
+pub fn gptq(
+    w: &[f32],
+    n: usize,
+    k: usize,
+    h: &[f64],
+    p: &QuantParams,
+) -> Result<(QuantizedLinear, GptqStats)> {
+    check(w, n, k, p)?;
+    if h.len() != k * k {
+        bail!("Hessian has {} values, expected {k} x {k}", h.len());
+    }
+    if let Some(i) = h.iter().position(|v| !v.is_finite()) {
+        bail!("Hessian value at [{}, {}] is not finite", i / k, i % k);
+    }
+    let mut stats = GptqStats::default();
+    let mut wt = transpose(w, n, k);
+    let mut hm = Mat::<f64>::from_fn(k, k, |i, j| h[i * k + j]);
+    // Dead inputs: nothing to compensate with; their weights cannot matter on this data.
+    for d in 0..k {
+        if hm[(d, d)] == 0.0 {
+            hm[(d, d)] = 1.0;
+            wt[d * n..(d + 1) * n].fill(0.0);
+            stats.dead += 1;
+        }
+    }
+    let gs = p.group_size;
+    let groups = n_groups(k, p);
+    let mut out = empty(n, k, groups);
+
+    // Static groups: grids fixed up front from the original weights, in the original order.
+    let static_grids: Option<Vec<Vec<Grid>>> = match gs {
+        Some(g) if p.static_groups => Some(
+            (0..groups)
+                .map(|gi| {
+                    let mut gr = vec![
+                        Grid {
+                            scale: 1.0,
+                            zero: 0.0
+                        };
+                        n
+                    ];
+                    fit_rows(&wt, n, gi * g, g, p, &mut gr);
+                    gr
+                })
+                .collect(),
+        ),
+        _ => None,
+    };
+
+    // Act-order: inputs by decreasing Hessian diagonal (ties keep the original order).
+    let perm: Vec<usize> = if p.act_order {
+        let mut idx: Vec<usize> = (0..k).collect();
+        idx.sort_by(|&a, &b| hm[(b, b)].total_cmp(&hm[(a, a)]));
+        idx
+    } else {
+        (0..k).collect()
+    };
+    let hp = Mat::<f64>::from_fn(k, k, |i, j| hm[(perm[i], perm[j])]);
+    let wp: Vec<f32> = {
+        let mut v = vec![0f32; k * n];
+        for (i, &src) in perm.iter().enumerate() {
+            v[i * n..(i + 1) * n].copy_from_slice(&wt[src * n..(src + 1) * n]);
+        }
+        v
+    };
+    drop(wt);
+    let u64 = inverse_factor(&hp, p, &mut stats)?;
+    let u: Vec<f32> = (0..k * k).map(|x| u64[(x / k, x % k)] as f32).collect();
+    drop(u64);
+
+    // Per-row grids when there is one group per row: from all (error-free) weights up front.
+    let whole_grids: Option<Vec<Grid>> = gs.is_none().then(|| {
+        let mut gr = vec![
+            Grid {
+                scale: 1.0,
+                zero: 0.0
+            };
+            n
+        ];
+        fit_rows(&wp, n, 0, k, p, &mut gr);
+        gr
+    });
+
+    // Chunks of outputs, one rayon task each; width a multiple of 16 for the vector units.
+    let threads = rayon::current_num_threads().max(1);
+    let chunk = n.div_ceil(threads).next_multiple_of(16).min(n).max(1);
+    let starts: Vec<usize> = (0..n).step_by(chunk).collect();
+    struct ChunkOut {
+        codes: Vec<u8>,   // [k, c] permuted order
+        vals: Vec<f32>,   // [k, c] permuted order
+        grids: Vec<Grid>, // [groups, c] in g_idx order
+        loss: f64,
+    }
+    let results: Vec<ChunkOut> = starts
+        .par_iter()
+        .map(|&c0| {
+            let c = chunk.min(n - c0);
+            let mut w: Vec<f32> = (0..k)
+                .flat_map(|i| wp[i * n + c0..i * n + c0 + c].iter().copied())
+                .collect();
+            let mut codes = vec![0u8; k * c];
+            let mut vals = vec![0f32; k * c];
+            let mut grids = vec![
+                Grid {
+                    scale: 1.0,
+                    zero: 0.0
+                };
+                groups * c
+            ];
+            let mut cur = vec![
+                Grid {
+                    scale: 1.0,
+                    zero: 0.0
+                };
+                c
+            ];
+            if let Some(wg) = &whole_grids {
+                cur.copy_from_slice(&wg[c0..c0 + c]);
+                grids.copy_from_slice(&cur);
+            }
+            let mut err = vec![0f32; BLOCK * c];
+            let mut loss = 0f64;
+            let maxq = ((1u32 << p.bits) - 1) as f32;
+            for i1 in (0..k).step_by(BLOCK) {
+                let i2 = (i1 + BLOCK).min(k);
+                for i in i1..i2 {
+                    if let Some(g) = gs {
+                        if let Some(sg) = &static_grids {
+                            let gi = perm[i] / g;
+                            cur.copy_from_slice(&sg[gi][c0..c0 + c]);
+                        } else if i % g == 0 {
+                            // From the error-updated weights of the group's columns.
+                            fit_rows(&w, c, i, g.min(k - i), p, &mut cur);
+                            grids[(i / g) * c..(i / g + 1) * c].copy_from_slice(&cur);
+                        }
+                    }
+                    let d = u[i * k + i];
+                    let (row, rest) = w[i * c..i2 * c].split_at_mut(c);
+                    let e = &mut err[(i - i1) * c..(i - i1 + 1) * c];
+                    let mut l = 0f32;
+                    for j in 0..c {
+                        let (q, v) = quant(row[j], cur[j], maxq);
+                        codes[i * c + j] = q;
+                        vals[i * c + j] = v;
+                        let ej = (row[j] - v) / d;
+                        e[j] = ej;
+                        l += ej * ej;
+                        row[j] = v;
+                    }
+                    loss += l as f64 / 2.0;
+                    // Rank-1 update of the rest of the block.
+                    for (jj, next) in rest.chunks_exact_mut(c).enumerate() {
+                        let uij = u[i * k + i + 1 + jj];
+                        for (x, ej) in next.iter_mut().zip(e.iter()) {
+                            *x -= uij * ej;
+                        }
+                    }
+                }
+                // Lazy update of every later column: w[i2.., :] -= U[i1..i2, i2..]^T err.
+                if i2 < k {
+                    let ublk = MatRef::from_row_major_slice_with_stride(
+                        &u[i1 * k + i2..],
+                        i2 - i1,
+                        k - i2,
+                        k,
+                    );
+                    matmul(
+                        MatMut::from_row_major_slice_mut(&mut w[i2 * c..], k - i2, c),
+                        Accum::Add,
+                        ublk.transpose(),
+                        MatRef::from_row_major_slice(&err[..(i2 - i1) * c], i2 - i1, c),
+                        -1.0f32,
+                        Par::Seq,
+                    );
+                }
+            }
+            ChunkOut {
+                codes,
+                vals,
+                grids,
+                loss,
+            }
+        })
+        .collect();
+
+    for (&c0, r) in starts.iter().zip(&results) {
+        let c = chunk.min(n - c0);
+        stats.loss += r.loss;
+        for i in 0..k {
+            let src = perm[i];
+            for j in 0..c {
+                out.codes[src * n + c0 + j] = r.codes[i * c + j];
+                out.dequant[(c0 + j) * k + src] = r.vals[i * c + j];
+            }
+        }
+        match &static_grids {
+            Some(sg) => {
+                for (gi, gr) in sg.iter().enumerate() {
+                    for j in 0..c {
+                        out.scales[gi * n + c0 + j] = f16::from_f32(gr[c0 + j].scale);
+                        out.zeros[gi * n + c0 + j] = gr[c0 + j].zero as u8;
+                    }
+                }
+            }
+            None => {
+                for gi in 0..groups {
+                    for j in 0..c {
+                        let gr = r.grids[gi * c + j];
+                        out.scales[gi * n + c0 + j] = f16::from_f32(gr.scale);
+                        out.zeros[gi * n + c0 + j] = gr.zero as u8;
+                    }
+                }
+            }
+        }
+    }
+    for (i, &src) in perm.iter().enumerate() {
+        out.g_idx[src] = match gs {
+            None => 0,
+            Some(g) if p.static_groups => (src / g) as i32,
+            Some(g) => (i / g) as i32,
+        };
+    }
+    Ok((out, stats))
+}
+
+/// `tr(dW H dW^T) / 2` with `dW = w - q` (`[n, k]` each), `h[k, k]` row-major: the
+/// second-order output error GPTQ minimizes (with `H = 2/tokens * sum x x^T`, the mean
+/// squared output error per token).
+pub fn quadratic_error(w: &[f32], q: &[f32], n: usize, k: usize, h: &[f64]) -> f64 {
+    let dw: Vec<f32> = w.iter().zip(q).map(|(a, b)| a - b).collect();
+    let hf: Vec<f32> = h.iter().map(|&v| v as f32).collect();
+    let mut dh = vec![0f32; n * k];
+    crate::linalg::linear(&mut dh, &dw, &hf, n, k, k, false);
+    dh.iter()
+        .zip(&dw)
+        .map(|(a, b)| (*a as f64) * (*b as f64))
+        .sum::<f64>()
+        / 2.0
+}
