@@ -76,6 +76,7 @@ impl Matrix {
             data: self.bytes.as_slice(),
             rows: self.rows,
             cols: self.cols,
+            perm: None,
         }
     }
 

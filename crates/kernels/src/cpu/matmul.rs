@@ -2,6 +2,7 @@
 //! a batch of activation rows, split across the thread pool by output rows.
 
 use super::dot::{self, QuantKind};
+use super::gptq::{self, GptqFormat};
 use super::pool::ThreadPool;
 use super::q8::{quantize_row, BlockQ8, QK};
 use super::Features;
@@ -12,6 +13,8 @@ use half::{bf16, f16};
 pub enum WeightFormat {
     /// Blocks with an integer dot product against 8-bit activations.
     Quant(QuantKind),
+    /// GPTQ weights repacked by [`gptq::repack`]; inputs permuted by [`WeightView::perm`].
+    Gptq(GptqFormat),
     F32,
     F16,
     BF16,
@@ -28,6 +31,7 @@ impl WeightFormat {
     pub fn row_bytes(&self, cols: usize) -> Option<usize> {
         let (elems, bytes) = match *self {
             WeightFormat::Quant(k) => (QK, k.block_bytes()),
+            WeightFormat::Gptq(g) => (QK, g.block_bytes()),
             WeightFormat::F32 => (1, 4),
             WeightFormat::F16 | WeightFormat::BF16 => (1, 2),
             WeightFormat::Blocks {
@@ -47,6 +51,8 @@ pub struct WeightView<'a> {
     pub data: &'a [u8], // (rows, row_bytes)
     pub rows: usize,
     pub cols: usize,
+    /// Stored column c holds input `perm[c]` (GPTQ act-order); None for input order.
+    pub perm: Option<&'a [u32]>,
 }
 
 impl<'a> WeightView<'a> {
@@ -66,6 +72,7 @@ impl<'a> WeightView<'a> {
                 data,
                 rows,
                 cols,
+                perm: None,
             }),
             _ => Err(format!(
                 "{rows} x {cols} {format:?} weights need {row_bytes} x {rows} bytes, found {}",
@@ -99,6 +106,7 @@ impl<'a> WeightView<'a> {
                 }
             }
             WeightFormat::Blocks { dequantize, .. } => dequantize(src, out),
+            WeightFormat::Gptq(g) => gptq::dequantize_row(g, src, self.perm, out),
             // The reference dequantizer; sizes were checked when the view was built.
             WeightFormat::Quant(kind) => drop(formats::dequantize(kind.ggml_type(), src, out)),
         }
@@ -140,6 +148,9 @@ pub fn matmul_with(
 ) {
     assert_eq!(x.len(), n * w.cols, "matmul: x is not (n, cols)");
     assert_eq!(y.len(), n * w.rows, "matmul: y is not (n, rows)");
+    if let WeightFormat::Gptq(g) = w.format {
+        return gptq::matmul(pool, feat, g, w, x, n, y);
+    }
     let out = SharedOut(y.as_mut_ptr());
     let rows = w.rows;
     match w.format {

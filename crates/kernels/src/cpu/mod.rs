@@ -3,6 +3,7 @@
 pub mod attention;
 pub mod dot;
 pub mod features;
+pub mod gptq;
 pub mod matmul;
 pub mod ops;
 pub mod pool;
