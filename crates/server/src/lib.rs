@@ -17,6 +17,7 @@ mod server;
 mod state;
 mod tgi;
 mod validate;
+mod web;
 
 pub use args::{Limits, ServeArgs};
 pub use bench::{run_bench_serve, BenchServeArgs};

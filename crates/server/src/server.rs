@@ -6,7 +6,7 @@ use crate::engine::EngineHandle;
 use crate::error::{ApiError, OpenAiError};
 use crate::metrics::Metrics;
 use crate::state::AppState;
-use crate::{info, openai, tgi};
+use crate::{info, openai, tgi, web};
 use anyhow::{Context, Result};
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{header, Method};
@@ -171,7 +171,8 @@ pub fn run_serve(args: ServeArgs) -> Result<()> {
 /// Every route, behind the API key check and the body size limit.
 pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
-        .route("/", post(tgi::compat).get(info::health))
+        .route("/", post(tgi::compat).get(web::index))
+        .route("/assets/{name}", get(web::asset))
         .route("/generate", post(tgi::generate))
         .route("/generate_stream", post(tgi::generate_stream))
         .route("/health", get(info::health))
@@ -206,9 +207,12 @@ async fn not_found(request: Request) -> Response {
     }
 }
 
-/// Routes open without the key: TGI leaves health, info and metrics open for probes.
+/// Routes open without the key: TGI leaves health, info and metrics open for probes; the chat
+/// page and its assets load before the user can type the key in.
 fn is_open(method: &Method, path: &str) -> bool {
-    method == Method::GET && matches!(path, "/" | "/health" | "/ping" | "/info" | "/metrics")
+    method == Method::GET
+        && (matches!(path, "/" | "/health" | "/ping" | "/info" | "/metrics")
+            || path.starts_with("/assets/"))
 }
 
 /// Equal in time that does not depend on where the two differ (only on their lengths).
