@@ -48,6 +48,8 @@ pub struct Matrix {
     pub bytes: Bytes, // (rows, row_bytes)
     pub rows: usize,
     pub cols: usize,
+    /// GPTQ act-order: stored column c holds input `perm[c]` (see `kernels::cpu::gptq`).
+    pub perm: Option<Arc<[u32]>>,
 }
 
 impl Matrix {
@@ -67,7 +69,34 @@ impl Matrix {
             bytes,
             rows,
             cols,
+            perm: None,
         })
+    }
+
+    /// A GPTQ layer repacked for the CPU kernels.
+    pub fn gptq(
+        name: &str,
+        packed: kernels::cpu::gptq::Repacked,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Matrix, String> {
+        let mut m = Matrix::new(
+            name,
+            WeightFormat::Gptq(packed.format),
+            Bytes::from_vec(packed.data),
+            rows,
+            cols,
+        )?;
+        if let Some(p) = packed.perm {
+            if p.len() != cols {
+                return Err(format!(
+                    "tensor '{name}': permutation of {} inputs for {cols} columns",
+                    p.len()
+                ));
+            }
+            m.perm = Some(p.into());
+        }
+        Ok(m)
     }
 
     pub fn view(&self) -> WeightView<'_> {
@@ -76,7 +105,7 @@ impl Matrix {
             data: self.bytes.as_slice(),
             rows: self.rows,
             cols: self.cols,
-            perm: None,
+            perm: self.perm.as_deref(),
         }
     }
 

@@ -19,6 +19,7 @@
 mod config;
 mod linear;
 mod pack;
+pub mod write;
 
 pub use config::{CheckpointFormat, GptqConfig, QUANTIZE_CONFIG_FILE};
 pub use linear::{GptqLinear, LinearTensors, RtnParams};

@@ -1,11 +1,12 @@
 //! A Llama model from a Hugging Face directory: config.json, safetensors (single or sharded,
-//! f32/f16/bf16, mapped in place) and tokenizer.json.
+//! f32/f16/bf16, mapped in place; GPTQ layers repacked by `gptq`) and tokenizer.json.
 
-use super::{template_or_chatml, LoadedModel};
+use super::{gptq, template_or_chatml, LoadedModel};
 use crate::config::ModelConfig;
 use crate::llama::{Layer, Llama};
 use crate::weights::{Bytes, Matrix};
 use anyhow::{anyhow, bail, Context, Result};
+use formats::gptq::GptqConfig;
 use formats::{Dtype, LlamaConfig, ModelWeights};
 use kernels::cpu::matmul::WeightFormat;
 use kernels::cpu::ops::RopeStyle;
@@ -15,20 +16,36 @@ use tokenizer::Tokenizer;
 pub fn load(dir: &Path) -> Result<LoadedModel> {
     let hf = LlamaConfig::from_file(&dir.join("config.json"))?;
     hf.validate()?;
-    if hf.quantization_config.is_some() {
-        bail!(
-            "{}: quantized (GPTQ) checkpoints are not supported yet",
-            dir.display()
-        );
-    }
+    // quantize_config.json and/or config.json's quantization_config (anything but GPTQ is
+    // refused there, naming the field).
+    let gptq = GptqConfig::from_dir(dir)?;
     if hf.rope_scaling.as_ref().is_some_and(|v| !v.is_null()) {
         bail!(
             "{}: rope_scaling is not supported yet",
             dir.join("config.json").display()
         );
     }
-    let weights = ModelWeights::open_dir(dir)?;
+    let weights = match gptq
+        .as_ref()
+        .and_then(|g| g.model_file_base_name.as_deref())
+    {
+        // AutoGPTQ names the file after model_file_base_name; a re-save may have renamed it.
+        Some(base)
+            if dir.join(format!("{base}.safetensors")).is_file()
+                || dir.join(format!("{base}.safetensors.index.json")).is_file() =>
+        {
+            ModelWeights::open_dir_with_base(dir, base)?
+        }
+        _ => ModelWeights::open_dir(dir)?,
+    };
     let matrix = |name: &str| hf_matrix(&weights, name);
+    // A projection (`prefix.weight`, or GPTQ's `prefix.qweight` and company) of n x k.
+    let proj = |prefix: &str, n: usize, k: usize| match &gptq {
+        Some(g) if !weights.contains(&format!("{prefix}.weight")) => {
+            gptq::matrix(&weights, g, prefix, n, k)
+        }
+        _ => matrix(&format!("{prefix}.weight")),
+    };
     let vector = |name: &str| hf_vector(&weights, name);
     let head_dim = hf.head_dim();
     let embed_tokens = matrix("model.embed_tokens.weight")?;
@@ -48,16 +65,18 @@ pub fn load(dir: &Path) -> Result<LoadedModel> {
         rms_eps: hf.rms_norm_eps as f32,
         tie_embeddings: hf.tie_word_embeddings,
     };
+    let (hidden, inter) = (config.hidden, config.intermediate);
+    let (q_dim, kv_dim) = (config.q_dim(), config.kv_dim());
     let mut layers = Vec::with_capacity(config.n_layers);
     for i in 0..config.n_layers {
         let p = format!("model.layers.{i}");
         let attn = format!("{p}.self_attn");
         layers.push(Layer {
             attn_norm: vector(&format!("{p}.input_layernorm.weight"))?,
-            q_proj: matrix(&format!("{attn}.q_proj.weight"))?,
-            k_proj: matrix(&format!("{attn}.k_proj.weight"))?,
-            v_proj: matrix(&format!("{attn}.v_proj.weight"))?,
-            o_proj: matrix(&format!("{attn}.o_proj.weight"))?,
+            q_proj: proj(&format!("{attn}.q_proj"), q_dim, hidden)?,
+            k_proj: proj(&format!("{attn}.k_proj"), kv_dim, hidden)?,
+            v_proj: proj(&format!("{attn}.v_proj"), kv_dim, hidden)?,
+            o_proj: proj(&format!("{attn}.o_proj"), hidden, q_dim)?,
             qkv_bias: if weights.tensor(&format!("{attn}.q_proj.bias")).is_some() {
                 Some([
                     vector(&format!("{attn}.q_proj.bias"))?,
@@ -68,9 +87,9 @@ pub fn load(dir: &Path) -> Result<LoadedModel> {
                 None
             },
             ffn_norm: vector(&format!("{p}.post_attention_layernorm.weight"))?,
-            gate_proj: matrix(&format!("{p}.mlp.gate_proj.weight"))?,
-            up_proj: matrix(&format!("{p}.mlp.up_proj.weight"))?,
-            down_proj: matrix(&format!("{p}.mlp.down_proj.weight"))?,
+            gate_proj: proj(&format!("{p}.mlp.gate_proj"), inter, hidden)?,
+            up_proj: proj(&format!("{p}.mlp.up_proj"), inter, hidden)?,
+            down_proj: proj(&format!("{p}.mlp.down_proj"), hidden, inter)?,
         });
     }
     let norm = vector("model.norm.weight")?;
@@ -98,7 +117,11 @@ pub fn load(dir: &Path) -> Result<LoadedModel> {
         tokenizer,
         template,
         path: dir.to_path_buf(),
-        format: "safetensors",
+        format: if gptq.is_some() {
+            "gptq"
+        } else {
+            "safetensors"
+        },
         name,
     })
 }

@@ -1,6 +1,7 @@
 //! Loading a model and its tokenizer from a GGUF file or a Hugging Face model directory.
 
 mod gguf;
+mod gptq;
 mod hf;
 
 use crate::llama::Llama;
@@ -15,7 +16,7 @@ pub struct LoadedModel {
     /// The model's own chat template, or ChatML when it has none.
     pub template: ChatTemplate,
     pub path: PathBuf,
-    /// "gguf" or "safetensors".
+    /// "gguf", "safetensors" or "gptq".
     pub format: &'static str,
     /// A human-readable name (GGUF general.name, or the directory name).
     pub name: String,
