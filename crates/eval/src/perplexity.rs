@@ -177,14 +177,19 @@ impl PerplexityReport {
 #[derive(clap::Args, Debug, Clone, PartialEq)]
 pub struct PerplexityArgs {
     /// Text files to score
-    #[arg(required = true)]
     pub files: Vec<PathBuf>,
+    /// A text file to score (as llama-perplexity's -f; may be repeated)
+    #[arg(long = "file", short = 'f', value_name = "FILE")]
+    pub file: Vec<PathBuf>,
     /// Tokens per window
     #[arg(long, default_value_t = 512)]
     pub ctx: usize,
     /// Slide windows by this many tokens (default: llama.cpp's disjoint chunks, second half scored)
     #[arg(long)]
     pub stride: Option<usize>,
+    /// Score at most this many windows of each file
+    #[arg(long)]
+    pub chunks: Option<usize>,
     /// Windows per model call
     #[arg(long, default_value_t = 4)]
     pub batch_size: usize,
@@ -199,9 +204,13 @@ pub fn run_perplexity(
     args: &PerplexityArgs,
     progress: &mut dyn crate::run::ProgressSink,
 ) -> anyhow::Result<PerplexityReport> {
+    let paths: Vec<&PathBuf> = args.files.iter().chain(&args.file).collect();
+    if paths.is_empty() {
+        bail!("no text to score: name files as arguments or with --file");
+    }
     let mut files = Vec::new();
     let (mut all_tokens, mut all_scored, mut all_bytes, mut all_nll) = (0, 0, 0, 0.0);
-    for path in &args.files {
+    for path in paths {
         let text =
             std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
         let (ids, ends) = scorer
@@ -214,7 +223,8 @@ pub fn run_perplexity(
                 ids.len()
             );
         }
-        let windows = plan_windows(&ids, args.ctx, args.stride, scorer.bos())?;
+        let mut windows = plan_windows(&ids, args.ctx, args.stride, scorer.bos())?;
+        windows.truncate(args.chunks.unwrap_or(usize::MAX));
         if windows.is_empty() {
             bail!(
                 "{} has {} tokens: too few for --ctx {}",
@@ -350,9 +360,11 @@ mod tests {
         std::fs::write(&b, "y".repeat(64)).unwrap();
         let out = dir.path().join("ppl.json");
         let args = PerplexityArgs {
-            files: vec![a, b],
+            files: vec![a],
+            file: vec![b],
             ctx: 8,
             stride: Some(4),
+            chunks: None,
             batch_size: 3,
             json: Some(out.clone()),
         };
@@ -379,5 +391,25 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("too few for --ctx 64"));
+        let two = PerplexityArgs {
+            ctx: 8,
+            chunks: Some(2),
+            ..short.clone()
+        };
+        let r = run_perplexity(&mut Halves, &two, &mut NoProgress).unwrap();
+        assert_eq!(
+            r.files[1].scored_tokens,
+            2 * 3,
+            "two llama.cpp chunks of 8 score 3 each"
+        );
+        let none = PerplexityArgs {
+            files: vec![],
+            file: vec![],
+            ..two
+        };
+        assert!(run_perplexity(&mut Halves, &none, &mut NoProgress)
+            .unwrap_err()
+            .to_string()
+            .contains("no text to score"));
     }
 }

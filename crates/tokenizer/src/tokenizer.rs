@@ -252,6 +252,43 @@ impl Tokenizer {
         Ok(ids)
     }
 
+    /// Like [`Tokenizer::encode`], with each token's end as a byte offset into `text` (0 for
+    /// the added BOS/EOS), for measures per byte such as bits per byte.
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+        add_special: bool,
+    ) -> Result<(Vec<u32>, Vec<usize>), TokenizerError> {
+        // `encode` (unlike `encode_fast`) tracks offsets, in bytes of the original text.
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| TokenizerError::Encode(e.to_string()))?;
+        let bos = (add_special && self.add_bos)
+            .then_some(self.bos_id)
+            .flatten();
+        let eos = (add_special && self.add_eos)
+            .then(|| self.eos_ids.first().copied())
+            .flatten();
+        let mut ids = Vec::with_capacity(enc.len() + 2);
+        let mut ends = Vec::with_capacity(enc.len() + 2);
+        if let Some(b) = bos {
+            ids.push(b);
+            ends.push(0);
+        }
+        ids.extend_from_slice(enc.get_ids());
+        ends.extend(
+            enc.get_offsets()
+                .iter()
+                .map(|&(_, end)| end.min(text.len())),
+        );
+        if let Some(e) = eos {
+            ids.push(e);
+            ends.push(0);
+        }
+        Ok((ids, ends))
+    }
+
     /// Text of `ids`; special tokens are left out when `skip_special`. Ids outside the
     /// vocabulary (a padded embedding can produce them) decode to nothing, as in `tokenizers`.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {

@@ -312,3 +312,20 @@ fn llama_cpp_vocab_vectors() {
     eprintln!("{}", report.join("\n"));
     assert!(bad.is_empty(), "{}", bad.join("\n"));
 }
+
+/// Offsets: the same ids as `encode`, and token ends that walk through the text's bytes.
+#[test]
+fn offsets_cover_the_text_in_order() {
+    let tok = llama_spm();
+    for text in [
+        "Hello world",
+        " The patient\u{2019}s BP was 120/80 \u{2014} stable.\n\nNext",
+        "\u{1F600} a",
+    ] {
+        let (ids, ends) = tok.encode_with_offsets(text, true).unwrap();
+        assert_eq!(ids, tok.encode(text, true).unwrap(), "{text:?}");
+        assert_eq!(ids.len(), ends.len());
+        assert!(ends.windows(2).all(|w| w[0] <= w[1]), "{text:?}: {ends:?}");
+        assert_eq!(*ends.last().unwrap(), text.len(), "{text:?}: {ends:?}");
+    }
+}
