@@ -21,14 +21,14 @@
     const hold = (html) => '\u0000' + (slots.push(html) - 1) + '\u0000';
     let s = text;
     // Code spans first: nothing inside them is formatted.
-    s = s.replace(/(`+)([\s\S]*?[^`])\1(?!`)/g, (m, ticks, code) => {
+    s = s.replace(/(`+)([\s\S]{0,2000}?[^`])\1(?!`)/g, (m, ticks, code) => {
       const c = /^ [\s\S]* $/.test(code) && code.trim() ? code.slice(1, -1) : code;
       return hold('<code>' + c + '</code>');
     });
     // Backslash escapes of markdown punctuation.
     s = s.replace(/\\([\\`*_{}[\]()#+\-.!|~])/g, (m, c) => hold(c));
     // [text](url "title"): the URL must be safe, or the whole thing stays text.
-    s = s.replace(/\[([^\]\n]+)\]\(\s*(\S+?)(?:\s+&quot;[^\n]*?&quot;)?\s*\)/g, (m, label, url) =>
+    s = s.replace(/\[([^\]\n]{1,500})\]\(\s*(\S{1,2000}?)(?:\s+&quot;[^\n]{0,500}?&quot;)?\s*\)/g, (m, label, url) =>
       SAFE_URL.test(url)
         ? hold('<a href="' + url + '" target="_blank" rel="noopener noreferrer">' + emphasis(label) + '</a>')
         : m);
@@ -44,14 +44,16 @@
     return s;
   }
 
+  // Spans are bounded ({0,500}): unbounded lazy matching is quadratic on a long line full of
+  // unmatched markers, and the answer is re-rendered many times while it streams.
   function emphasis(s) {
     return s
-      .replace(/\*\*\*(?=\S)([\s\S]*?\S)\*\*\*/g, '<strong><em>$1</em></strong>')
-      .replace(/\*\*(?=\S)([\s\S]*?\S)\*\*/g, '<strong>$1</strong>')
-      .replace(/(^|[^\w])__(?=\S)([\s\S]*?\S)__(?!\w)/g, '$1<strong>$2</strong>')
-      .replace(/\*(?=[^\s*])([\s\S]*?[^\s*])\*/g, '<em>$1</em>')
-      .replace(/(^|[^\w])_(?=[^\s_])([\s\S]*?[^\s_])_(?!\w)/g, '$1<em>$2</em>')
-      .replace(/~~(?=\S)([\s\S]*?\S)~~/g, '<del>$1</del>');
+      .replace(/\*\*\*(?=\S)([\s\S]{0,500}?\S)\*\*\*/g, '<strong><em>$1</em></strong>')
+      .replace(/\*\*(?=\S)([\s\S]{0,500}?\S)\*\*/g, '<strong>$1</strong>')
+      .replace(/(^|[^\w])__(?=\S)([\s\S]{0,500}?\S)__(?!\w)/g, '$1<strong>$2</strong>')
+      .replace(/\*(?=[^\s*])([\s\S]{0,500}?[^\s*])\*/g, '<em>$1</em>')
+      .replace(/(^|[^\w])_(?=[^\s_])([\s\S]{0,500}?[^\s_])_(?!\w)/g, '$1<em>$2</em>')
+      .replace(/~~(?=\S)([\s\S]{0,500}?\S)~~/g, '<del>$1</del>');
   }
 
   const FENCE = /^ {0,3}(`{3,}|~{3,})\s*([^`\s]*)/;
@@ -100,7 +102,7 @@
     return [html + '</tbody></table></div>', i];
   }
 
-  function list(lines, i) {
+  function list(lines, i, depth) {
     const first = ITEM.exec(lines[i]);
     const base = indentOf(first[1]);
     const ordered = /\d/.test(first[2]);
@@ -146,14 +148,18 @@
     const start = ordered ? parseInt(first[2], 10) : 1;
     const open = ordered ? (start !== 1 ? '<ol start="' + start + '">' : '<ol>') : '<ul>';
     const html = items.map((body) => {
-      let inner = blocks(body);
+      let inner = blocks(body, depth + 1);
       if (!loose) inner = inner.replace(/^<p>([\s\S]*?)<\/p>/, '$1');
       return '<li>' + inner + '</li>';
     }).join('');
     return [open + html + (ordered ? '</ol>' : '</ul>'), i];
   }
 
-  function blocks(lines) {
+  // Nesting deeper than any answer needs is shown flat: a stack overflow would break the page.
+  const MAX_DEPTH = 16;
+
+  function blocks(lines, depth = 0) {
+    if (depth > MAX_DEPTH) return '<p>' + lines.map((l) => inline(l.trim())).join('<br>') + '</p>';
     const out = [];
     let i = 0;
     while (i < lines.length) {
@@ -187,9 +193,9 @@
           quoted.push(lines[i].replace(QUOTE, ''));
           i++;
         }
-        out.push('<blockquote>' + blocks(quoted) + '</blockquote>');
+        out.push('<blockquote>' + blocks(quoted, depth + 1) + '</blockquote>');
       } else if (ITEM.test(l)) {
-        const [html, next] = list(lines, i);
+        const [html, next] = list(lines, i, depth);
         out.push(html);
         i = next;
       } else if (isTableStart(lines, i)) {

@@ -319,9 +319,11 @@ step('Esc stops a long answer and the server cancels it; a second client meanwhi
   assert.equal(answer.role, 'assistant');
   assert.equal(answer.stopped, true);
   assert.match(await page.locator('.msg.assistant .meta').last().innerText(), /stopped/);
-  // Tokens the server generated beyond those the page showed: the abort lands within a step.
+  // Tokens the server generated beyond those the page showed. A closed connection is noticed
+  // at the next write or two (a token each) and the engine drops the sequence at its next step;
+  // chunks still unread in the page's socket when it stopped count here too.
   const extra = after.generated - before.generated - answer.stats.tokens;
-  assert.ok(extra >= 0 && extra <= 4, `the server generated ${extra} tokens after the stop`);
+  assert.ok(extra >= 0 && extra <= 6, `the server generated ${extra} tokens after the stop`);
   await sleep(300);
   assert.equal((await metrics()).generated, after.generated, 'tokens kept coming after the cancel');
   report.stop = { shown_tokens: answer.stats.tokens, extra_server_tokens: extra, cancelled_after_ms: cancelMs };

@@ -89,3 +89,18 @@ test('headings, quotes, rules and line breaks', () => {
   assert.equal(render(''), '');
   assert.equal(render(null), '');
 });
+
+test('pathological input stays fast and shallow', () => {
+  const t0 = Date.now();
+  render('[' .repeat(20000) + '](');
+  render('_a '.repeat(20000));
+  render('**a '.repeat(20000));
+  const quotes = render('> '.repeat(20000) + 'deep');
+  let nested = '';
+  for (let i = 0; i < 300; i++) nested += ' '.repeat(i * 2) + '- x\n';
+  const lists = render(nested);
+  assert.ok(Date.now() - t0 < 2000, `${Date.now() - t0} ms`);
+  assert.ok(quotes.split('<blockquote>').length - 1 <= 17);
+  assert.ok(lists.split('<ul>').length - 1 <= 17);
+  assert.ok(quotes.endsWith('deep</p>' + '</blockquote>'.repeat(17)));
+});
