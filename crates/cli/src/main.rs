@@ -29,6 +29,8 @@ enum Command {
     Bench(commands::bench::Args),
     /// Write a GGUF model as a Hugging Face model directory (safetensors f32/f16/bf16)
     Convert(commands::convert::Args),
+    /// GPTQ-quantize a Hugging Face model into an AutoGPTQ-layout checkpoint
+    Quantize(commands::quantize::Args),
     /// Medical benchmarks of the Meditron paper (PubMedQA, MedMCQA, MedQA, MMLU-Medical)
     Eval(commands::eval::Args),
     /// Download a model repository (any branch) into the Hugging Face cache or a folder
@@ -56,6 +58,7 @@ fn main() {
         Command::Perplexity(a) => commands::perplexity::run(a),
         Command::Bench(a) => commands::bench::run(a),
         Command::Convert(a) => commands::convert::run(a),
+        Command::Quantize(a) => commands::quantize::run(a),
         Command::Eval(a) => commands::eval::run(a),
         Command::Download(a) => hub::run_download(&a),
         Command::Serve(mut a) => model_path::resolve(a.model.as_deref()).and_then(|p| {

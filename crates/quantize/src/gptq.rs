@@ -141,10 +141,8 @@ fn check(w: &[f32], n: usize, k: usize, p: &QuantParams) -> Result<()> {
     if w.len() != n * k || n == 0 || k == 0 {
         bail!("weight has {} values, expected {n} x {k}", w.len());
     }
-    if let Some(g) = p.group_size {
-        if g == 0 || k % g != 0 {
-            bail!("group size {g} does not divide the {k} inputs");
-        }
+    if p.group_size == Some(0) {
+        bail!("group size must be positive");
     }
     if let Some(i) = w.iter().position(|v| !v.is_finite()) {
         bail!(
@@ -157,8 +155,10 @@ fn check(w: &[f32], n: usize, k: usize, p: &QuantParams) -> Result<()> {
     Ok(())
 }
 
+/// Groups of `k` inputs: the last one is shorter when the size does not divide `k` (as
+/// AutoGPTQ and the loaders count them: `ceil(k / group_size)`).
 fn n_groups(k: usize, p: &QuantParams) -> usize {
-    p.group_size.map_or(1, |g| k / g)
+    p.group_size.map_or(1, |g| k.div_ceil(g))
 }
 
 /// Round-to-nearest on the same grid as GPTQ (groups in the original input order).
@@ -167,7 +167,7 @@ pub fn rtn(w: &[f32], n: usize, k: usize, p: &QuantParams) -> Result<QuantizedLi
     let maxq = ((1u32 << p.bits) - 1) as f32;
     let wt = transpose(w, n, k);
     let gs = p.group_size.unwrap_or(k);
-    let groups = k / gs;
+    let groups = n_groups(k, p);
     let mut out = empty(n, k, groups);
     let mut grids = vec![
         Grid {
@@ -177,9 +177,10 @@ pub fn rtn(w: &[f32], n: usize, k: usize, p: &QuantParams) -> Result<QuantizedLi
         n
     ];
     for g in 0..groups {
-        fit_rows(&wt, n, g * gs, gs, p, &mut grids);
+        let end = ((g + 1) * gs).min(k);
+        fit_rows(&wt, n, g * gs, end - g * gs, p, &mut grids);
         store_grids(&mut out, g, &grids);
-        for i in g * gs..(g + 1) * gs {
+        for i in g * gs..end {
             out.g_idx[i] = g as i32;
             for j in 0..n {
                 let (q, v) = quant(wt[i * n + j], grids[j], maxq);
@@ -286,7 +287,7 @@ pub fn gptq(
                         };
                         n
                     ];
-                    fit_rows(&wt, n, gi * g, g, p, &mut gr);
+                    fit_rows(&wt, n, gi * g, g.min(k - gi * g), p, &mut gr);
                     gr
                 })
                 .collect(),
