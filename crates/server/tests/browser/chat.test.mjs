@@ -1,5 +1,5 @@
 // The chat page in headless Chromium against a running `meditron serve` (run.sh starts it with
-// --max-input-tokens 300 --max-concurrent-requests 1, so the error paths are reachable):
+// --max-input-tokens 300 --max-concurrent-requests 1 --api-key, so the error paths are reachable):
 // streaming, multi-turn, copy, regenerate, storage, export, new chat, stop (checked on the
 // server's /metrics), the 429 and 422 errors, keyboard, light/dark, phone size; screenshots go
 // to $MEDITRON_SCREENSHOTS. Steps run in order and share one page; the first failure ends the
@@ -14,6 +14,7 @@ const { chromium } = createRequire(path.join(modules, 'package.json'))('playwrig
 const URL = process.env.MEDITRON_URL;
 const SHOTS = process.env.MEDITRON_SCREENSHOTS;
 const MAX_INPUT = Number(process.env.MEDITRON_MAX_INPUT_TOKENS);
+const API_KEY = process.env.MEDITRON_API_KEY;
 fs.mkdirSync(SHOTS, { recursive: true });
 
 const DESKTOP = { width: 1280, height: 800 };
@@ -42,15 +43,18 @@ const context = await browser.newContext({ viewport: DESKTOP, acceptDownloads: t
 await context.grantPermissions(['clipboard-read', 'clipboard-write'], { origin: URL });
 const page = await context.newPage();
 const problems = [];
-const expectedStatus = /status of (422|429)/;
+const expectedStatus = /status of (401|422|429)/;
 page.on('console', (m) => {
   if (m.type() === 'error' && !expectedStatus.test(m.text())) problems.push('console: ' + m.text());
 });
 page.on('pageerror', (e) => problems.push('page error: ' + e.message));
-// Every chat request the page makes, as sent.
+// Every chat request the page makes, as sent, and its Authorization header.
 const sent = [];
+const auth = [];
 page.on('request', (r) => {
-  if (r.url().endsWith('/v1/chat/completions')) sent.push(JSON.parse(r.postData()));
+  if (!r.url().endsWith('/v1/chat/completions')) return;
+  sent.push(JSON.parse(r.postData()));
+  auth.push(r.headers().authorization);
 });
 
 const info = await (await fetch(URL + '/info')).json();
@@ -116,7 +120,16 @@ step('settings: medical system prompt by default, every sampling field, Esc clos
   await page.locator('#settings').waitFor({ state: 'hidden' });
 });
 
-step('Enter sends; the answer streams in and shows its speed', async () => {
+step('Enter sends; without the API key the server\'s 401 shows, with it the answer streams', async () => {
+  await prompt.fill('What is hypertension?');
+  await prompt.press('Enter');
+  const refused = page.locator('.msg.error');
+  await refused.waitFor();
+  assert.match(await refused.innerText(), /API key.*HTTP 401/s);
+  assert.equal(auth.at(-1), undefined);
+  await page.getByRole('button', { name: 'Settings' }).click();
+  await page.getByLabel(/^API key/).fill(API_KEY);
+  await page.keyboard.press('Escape');
   // Record the answer's length at every change while the Stop button is up.
   await page.evaluate(() => {
     window.__lengths = [];
@@ -125,10 +138,11 @@ step('Enter sends; the answer streams in and shows its speed', async () => {
       if (b && !document.getElementById('stop').hidden) window.__lengths.push(b.textContent.length);
     }).observe(document.getElementById('messages'), { subtree: true, childList: true, characterData: true });
   });
-  await prompt.fill('What is hypertension?');
-  await prompt.press('Enter');
+  await page.getByRole('button', { name: 'Retry the request' }).click();
   await stopButton.waitFor({ state: 'visible' });
   await idle();
+  assert.equal(auth.at(-1), 'Bearer ' + API_KEY);
+  assert.equal(await page.locator('.msg.error').count(), 0);
   const lengths = await page.evaluate(() => [...new Set(window.__lengths.filter((n) => n > 0))]);
   assert.ok(lengths.length >= 2, 'the text grew while streaming: ' + JSON.stringify(lengths));
   const answer = await assistantBodies.last().innerText();
@@ -293,6 +307,9 @@ step('Esc stops a long answer and the server cancels it; a second client meanwhi
 
   // --max-concurrent-requests 1: another browser's question is refused while this one runs.
   const other = await browser.newContext({ viewport: PHONE });
+  await other.addInitScript((key) => {
+    localStorage.setItem('meditron.settings.v1', JSON.stringify({ api_key: key }));
+  }, API_KEY);
   const page2 = await other.newPage();
   await page2.goto(URL + '/');
   await page2.getByLabel('Message', { exact: true }).fill('Is this busy?');

@@ -2,9 +2,9 @@
 # The chat page in a real browser: installs Debian's chromium (apt-get, when missing) and
 # playwright-core (npm, pinned by package-lock.json, kept in target/browser-test between runs),
 # runs the markdown renderer's unit tests with node, starts the server on the default model on
-# a free port with small limits (so that the 422 and 429 paths are reachable) and drives the
-# page headless with chat.test.mjs. Screenshots at desktop and phone sizes land in
-# target/screenshots/. Exits non-zero on any failure.
+# a free port with small limits and an API key (so that the 401, 422 and 429 paths are
+# reachable) and drives the page headless with chat.test.mjs. Screenshots at desktop and phone
+# sizes land in target/screenshots/. Exits non-zero on any failure.
 #
 #   crates/server/tests/browser/run.sh
 #
@@ -42,11 +42,12 @@ target_dir="$(cargo metadata --format-version 1 --no-deps | python3 -c 'import j
 bin="$target_dir/debug/examples/serve"
 
 max_input=300
+api_key="browser-test-$RANDOM"
 port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
 log="$(mktemp)"
 NO_COLOR=1 MEDITRON_LOG="${MEDITRON_LOG:-info}" "$bin" --hostname 127.0.0.1 --port "$port" \
     --max-input-tokens "$max_input" --max-total-tokens 2048 --max-batch-total-tokens 8192 \
-    --max-concurrent-requests 1 >"$log" 2>&1 &
+    --max-concurrent-requests 1 --api-key "$api_key" >"$log" 2>&1 &
 pid=$!
 cleanup() { kill "$pid" 2>/dev/null || true; rm -f "$log"; }
 trap cleanup EXIT
@@ -59,6 +60,7 @@ done
 shots="$target_dir/screenshots"
 status=0
 MEDITRON_URL="http://127.0.0.1:$port" MEDITRON_SCREENSHOTS="$shots" MEDITRON_MAX_INPUT_TOKENS="$max_input" \
+    MEDITRON_API_KEY="$api_key" \
     PLAYWRIGHT_MODULES="$modules" CHROMIUM="$chromium_bin" node "$here/chat.test.mjs" || status=$?
 # The stop test's cancellation as the server logged it.
 grep -m1 "request done.*cancelled" "$log" || true
