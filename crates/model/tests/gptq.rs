@@ -213,3 +213,86 @@ fn every_layout_loads_runs_and_matches_its_dequantized_weights() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+/// Perplexity by llama.cpp's protocol (chunks of `ctx` from an empty cache, the second half
+/// of each scored) over the first `chunks` chunks of `tokens`.
+fn perplexity(m: &Llama, pool: &ThreadPool, tokens: &[u32], ctx: usize, chunks: usize) -> f64 {
+    let vocab = m.config.n_vocab;
+    let (mut nll, mut count) = (0f64, 0usize);
+    for chunk in tokens.chunks_exact(ctx).take(chunks) {
+        let logits = m
+            .forward_sequence(chunk, pool, |p| p >= ctx / 2 && p + 1 < ctx)
+            .expect("forward");
+        for (row, pos) in logits.chunks_exact(vocab).zip(ctx / 2..ctx - 1) {
+            let max = row.iter().fold(f32::MIN, |a, &x| a.max(x)) as f64;
+            let lse = max
+                + row
+                    .iter()
+                    .map(|&x| (x as f64 - max).exp())
+                    .sum::<f64>()
+                    .ln();
+            nll += lse - row[chunk[pos + 1] as usize] as f64;
+            count += 1;
+        }
+    }
+    (nll / count as f64).exp()
+}
+
+/// Quality on the whole default model, 2 chunks of 512 tokens of the medical text: 8-bit g32
+/// within 1% of fp16's perplexity (measured 1.0087). Round-to-nearest 4-bit g128 act-order is
+/// far from the "few percent" (measured 1.76: the fp16 source is itself the Q4_1 GGUF,
+/// re-rounded onto a coarser grid, and RTN has no error feedback); that bar is for GPTQ
+/// proper (`meditron quantize`), so here it only guards against a broken layout (a wrong
+/// permutation or zero gives perplexities in the hundreds).
+#[test]
+fn perplexity_stays_close_to_fp16() {
+    let Some(src) = fp16_source() else { return };
+    let pool = ThreadPool::new(2);
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../fixtures/text/medical.txt"),
+    )
+    .expect("fixture text");
+    let fp16 = load(src).expect("fp16 model");
+    let tokens = fp16.tokenizer.encode(&text, false).expect("encode");
+    let (ctx, chunks) = (512, 2);
+    let base = perplexity(&fp16.model, &pool, &tokens, ctx, chunks);
+    drop(fp16);
+    let v1 = CheckpointFormat::V1;
+    let cases = [
+        (
+            "8-bit g32",
+            Layout {
+                bits: 8,
+                group_size: Some(32),
+                desc_act: false,
+                sym: true,
+                format: v1,
+                shards: 1,
+            },
+            1.01,
+        ),
+        (
+            "4-bit g128 act-order",
+            Layout {
+                bits: 4,
+                group_size: Some(128),
+                desc_act: true,
+                sym: true,
+                format: v1,
+                shards: 2,
+            },
+            1.05,
+        ),
+    ];
+    for (name, layout, bound) in cases {
+        let dir = write(src, layout, None, "ppl");
+        let m = load(&dir).expect("GPTQ model");
+        let ppl = perplexity(&m.model, &pool, &tokens, ctx, chunks);
+        eprintln!(
+            "perplexity: fp16 {base:.4}, {name} {ppl:.4} (ratio {:.4})",
+            ppl / base
+        );
+        assert!(ppl / base < bound, "{name}: {ppl} vs fp16 {base}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
