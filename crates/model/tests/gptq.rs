@@ -296,3 +296,210 @@ fn perplexity_stays_close_to_fp16() {
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
+
+type Owned = (String, formats::Dtype, Vec<usize>, Vec<u8>);
+
+/// A copy of checkpoint `dir` with its tensors and config.json edited.
+fn corrupt(
+    dir: &Path,
+    name: &str,
+    edit_tensors: impl Fn(&mut Vec<Owned>),
+    edit_config: impl Fn(&mut serde_json::Value),
+) -> PathBuf {
+    let out = tmp(name);
+    let _ = std::fs::remove_dir_all(&out);
+    std::fs::create_dir_all(&out).unwrap();
+    for f in std::fs::read_dir(dir).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, out.join(f.file_name().unwrap())).unwrap();
+    }
+    let w = ModelWeights::open_file(&dir.join("model.safetensors")).unwrap();
+    let mut tensors: Vec<Owned> = w
+        .names()
+        .map(|n| {
+            let t = w.tensor(n).unwrap();
+            (n.to_owned(), t.dtype, t.shape.to_vec(), t.bytes.to_vec())
+        })
+        .collect();
+    edit_tensors(&mut tensors);
+    let view: Vec<_> = tensors
+        .iter()
+        .map(|(n, d, s, b)| (n.as_str(), *d, s.as_slice(), b.as_slice()))
+        .collect();
+    formats::safetensors::write_safetensors(&out.join("model.safetensors"), &view, &[]).unwrap();
+    let path = out.join("config.json");
+    let mut config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit_config(&mut config);
+    std::fs::write(&path, config.to_string()).unwrap();
+    out
+}
+
+/// An edit of the tensor called `name`.
+fn edit<'a>(name: &'a str, f: &'a dyn Fn(&mut Owned)) -> impl Fn(&mut Vec<Owned>) + 'a {
+    move |ts: &mut Vec<Owned>| f(ts.iter_mut().find(|t| t.0 == name).unwrap())
+}
+
+fn load_err(dir: &Path) -> String {
+    match load(dir) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => format!("{e:#}"),
+    }
+}
+
+#[test]
+fn wrong_or_corrupted_checkpoints_get_precise_errors() {
+    let Some(src) = fp16_source() else { return };
+    let layout = Layout {
+        bits: 4,
+        group_size: Some(128),
+        desc_act: true,
+        sym: true,
+        format: CheckpointFormat::V1,
+        shards: 1,
+    };
+    let good = write(src, layout, Some(1), "good");
+    let q = "model.layers.0.self_attn.q_proj";
+    let none = |_: &mut serde_json::Value| {};
+    let keep = |_: &mut Vec<Owned>| {};
+    let cases: Vec<(PathBuf, Vec<String>)> = vec![
+        (
+            // Both config files say 5 bits.
+            {
+                let d = corrupt(&good, "bits5", keep, |c| {
+                    c["quantization_config"]["bits"] = 5.into()
+                });
+                std::fs::write(
+                    d.join("quantize_config.json"),
+                    r#"{"bits": 5, "group_size": 128}"#,
+                )
+                .unwrap();
+                d
+            },
+            vec!["'bits': 5 is not supported".into()],
+        ),
+        (
+            corrupt(&good, "disagree", keep, |c| {
+                c["quantization_config"]["group_size"] = 32.into()
+            }),
+            vec![
+                "disagrees".into(),
+                "group_size Some(128) vs Some(32)".into(),
+            ],
+        ),
+        (
+            corrupt(&good, "awq", keep, |c| {
+                c["quantization_config"]["quant_method"] = "awq".into()
+            }),
+            vec!["'awq'".into()],
+        ),
+        (
+            corrupt(
+                &good,
+                "shape",
+                edit(&format!("{q}.qweight"), &|t| {
+                    t.2[0] -= 1;
+                    t.3.truncate(t.3.len() - 576 * 4);
+                }),
+                none,
+            ),
+            vec![
+                format!("{q}.qweight"),
+                "expected I32 [72, 576]".into(),
+                "found I32 [71, 576]".into(),
+            ],
+        ),
+        (
+            corrupt(
+                &good,
+                "dtype",
+                edit(&format!("{q}.scales"), &|t| {
+                    t.1 = formats::Dtype::BF16;
+                }),
+                none,
+            ),
+            vec![
+                format!("{q}.scales"),
+                "expected F16 [5, 576]".into(),
+                "found BF16".into(),
+            ],
+        ),
+        (
+            corrupt(
+                &good,
+                "missing",
+                |ts| ts.retain(|t| t.0 != format!("{q}.g_idx")),
+                none,
+            ),
+            vec![format!("{q}.g_idx"), "missing".into()],
+        ),
+        (
+            corrupt(
+                &good,
+                "gidx",
+                edit(&format!("{q}.g_idx"), &|t| {
+                    t.3[40..44].copy_from_slice(&99i32.to_le_bytes())
+                }),
+                none,
+            ),
+            vec![
+                format!("{q}.g_idx"),
+                "g_idx[10] = 99 is outside 0..5".into(),
+            ],
+        ),
+        (
+            corrupt(
+                &good,
+                "zeroscales",
+                edit(&format!("{q}.scales"), &|t| t.3.fill(0)),
+                none,
+            ),
+            vec![format!("{q}.scales"), "every scale is 0".into()],
+        ),
+    ];
+    for (dir, wants) in cases {
+        let e = load_err(&dir);
+        for want in wants {
+            assert!(
+                e.contains(&want),
+                "{}: '{e}' does not say '{want}'",
+                dir.display()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    // A truncated file is caught by the safetensors reader, naming the file.
+    let weights = good.join("model.safetensors");
+    let len = std::fs::metadata(&weights).unwrap().len();
+    let cut = tmp("cut");
+    let _ = std::fs::remove_dir_all(&cut);
+    std::fs::create_dir_all(&cut).unwrap();
+    for f in std::fs::read_dir(&good).unwrap() {
+        let f = f.unwrap().path();
+        std::fs::copy(&f, cut.join(f.file_name().unwrap())).unwrap();
+    }
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(cut.join("model.safetensors"))
+        .unwrap();
+    f.set_len(len / 2).unwrap();
+    let e = load_err(&cut);
+    assert!(e.contains("model.safetensors"), "{e}");
+    let _ = std::fs::remove_dir_all(&cut);
+
+    // Token ids the tokenizer knows but the embedding lacks (meditron-70B's <|im_start|> =
+    // 32017 of 32017 rows) are refused, not a crash.
+    let m = load(&good).unwrap();
+    let pool = ThreadPool::new(1);
+    let vocab = m.model.config.n_vocab as u32;
+    let e = m
+        .model
+        .forward_sequence(&[1, vocab], &pool, |_| true)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("token id {vocab} has no embedding")),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&good);
+}
