@@ -93,6 +93,10 @@
     noticeTimer = setTimeout(() => { n.hidden = true; }, 4000);
   }
 
+  function announce(text) {
+    $('announce').textContent = text;
+  }
+
   function el(tag, attrs, children) {
     const e = document.createElement(tag);
     for (const [k, v] of Object.entries(attrs || {})) {
@@ -167,9 +171,6 @@
       el('h3', { class: 'who', text: roleName }),
       body,
     ]);
-    if (m.role === 'error') {
-      article.setAttribute('role', 'alert');
-    }
     const meta = el('p', { class: 'meta', text: statsText(m) });
     if (m.role === 'assistant') article.append(meta);
     const tools = el('div', { class: 'tools' });
@@ -401,6 +402,8 @@
     }
     if (!message.content) c.messages.splice(c.messages.indexOf(message), 1);
     if (failure) addError(c, failure);
+    announce(failure ? 'Error: ' + failure
+      : (message.stopped ? 'Stopped. ' : 'Answer: ') + (message.content || 'nothing yet'));
     c.updated = new Date().toISOString();
     busy = null;
     persist();
@@ -597,6 +600,12 @@
   $('toggle-sidebar').addEventListener('click', () => {
     const open = document.body.classList.toggle('sidebar-open');
     $('toggle-sidebar').setAttribute('aria-expanded', String(open));
+  });
+  // On a phone the chat list is a drawer: a tap beside it closes it.
+  document.addEventListener('click', (e) => {
+    if (document.body.classList.contains('sidebar-open') && !e.target.closest('#sidebar, #toggle-sidebar')) {
+      closeSidebarIfNarrow();
+    }
   });
   // A partial answer survives closing the tab mid-stream. Only then: at other times storage is
   // already up to date, and writing it again could undo another tab's changes.
