@@ -4,6 +4,7 @@
 pub mod config;
 pub mod convert;
 pub mod generate;
+pub mod grammar;
 pub mod kv_cache;
 pub mod llama;
 pub mod load;

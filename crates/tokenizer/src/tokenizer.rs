@@ -289,6 +289,43 @@ impl Tokenizer {
         Ok((ids, ends))
     }
 
+    /// The bytes each id stands for, indexed by id (empty for ids without a token), for
+    /// constrained decoding, which must see tokens that are only part of a UTF-8 character.
+    /// Byte-level vocabularies (GPT-2 style) map each character back to its byte; SentencePiece
+    /// ones turn `▁` into a space and `<0xNN>` byte-fallback pieces into the byte.
+    pub fn token_bytes(&self) -> Vec<Vec<u8>> {
+        let byte_level = self
+            .inner
+            .get_decoder()
+            .and_then(|d| serde_json::to_string(d).ok())
+            .is_some_and(|d| d.contains("ByteLevel"));
+        let unicode_to_byte = byte_level_alphabet();
+        (0..self.vocab_size() as u32)
+            .map(|id| {
+                let Some(piece) = self.inner.id_to_token(id) else {
+                    return Vec::new();
+                };
+                if self.is_special(id) {
+                    return piece.into_bytes();
+                }
+                if byte_level {
+                    let bytes: Option<Vec<u8>> = piece
+                        .chars()
+                        .map(|c| unicode_to_byte.get(&c).copied())
+                        .collect();
+                    // Added (non-special) tokens are stored as plain text.
+                    return bytes.unwrap_or_else(|| piece.into_bytes());
+                }
+                if let Some(hex) = piece.strip_prefix("<0x").and_then(|h| h.strip_suffix('>')) {
+                    if let Ok(b) = u8::from_str_radix(hex, 16) {
+                        return vec![b];
+                    }
+                }
+                piece.replace('\u{2581}', " ").into_bytes()
+            })
+            .collect()
+    }
+
     /// Text of `ids`; special tokens are left out when `skip_special`. Ids outside the
     /// vocabulary (a padded embedding can produce them) decode to nothing, as in `tokenizers`.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String, TokenizerError> {
@@ -571,4 +608,22 @@ mod tests {
         shared::<Tokenizer>();
         shared::<crate::ChatTemplate>();
     }
+}
+
+/// GPT-2's byte-level alphabet, reversed: printable bytes stand for themselves, the other 68
+/// bytes (controls, space, ...) are shifted to U+0100 and up, in byte order.
+fn byte_level_alphabet() -> std::collections::HashMap<char, u8> {
+    let mut map = std::collections::HashMap::with_capacity(256);
+    let mut shifted = 0u32;
+    for b in 0..=255u8 {
+        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        let c = if printable {
+            char::from(b)
+        } else {
+            shifted += 1;
+            char::from_u32(255 + shifted).expect("U+0100..U+0143 are chars")
+        };
+        map.insert(c, b);
+    }
+    map
 }

@@ -329,3 +329,23 @@ fn offsets_cover_the_text_in_order() {
         assert_eq!(*ends.last().unwrap(), text.len(), "{text:?}: {ends:?}");
     }
 }
+
+/// Token bytes concatenate to the text's bytes (SentencePiece: after the prefix space).
+#[test]
+fn token_bytes_spell_the_text() {
+    let tok = llama_spm();
+    let table = tok.token_bytes();
+    assert_eq!(table.len(), tok.vocab_size());
+    for text in ["Hello world", "caf\u{e9} \u{1F600}\n\t{\"a\": 1}"] {
+        let ids = tok.encode(text, false).unwrap();
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&i| table[i as usize].clone())
+            .collect();
+        assert_eq!(
+            bytes,
+            format!(" {text}").into_bytes(),
+            "{text:?} as {ids:?}"
+        );
+    }
+}
