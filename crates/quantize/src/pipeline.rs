@@ -48,6 +48,8 @@ pub struct Options {
     /// Largest safetensors shard, in bytes.
     pub max_shard: u64,
     pub progress: bool,
+    /// Without a progress bar, print one line per finished layer instead.
+    pub progress_lines: bool,
     /// Keep every module's Hessian and source weight in the report (tests).
     pub keep_hessians: bool,
 }
@@ -88,6 +90,12 @@ fn check_options(o: &Options, cfg: &LlamaConfig) -> Result<()> {
         bail!(
             "--asym needs --format gptq_v2: v1 (gptq) checkpoints cannot store a zero point of 0"
         );
+    }
+    if let Some(g) = o.params.group_size {
+        // What the GPTQ loaders (ours, ExLlama, Marlin, transformers) accept.
+        if g == 0 || g % 32 != 0 {
+            bail!("group size {g} is not supported: use -1 or a positive multiple of 32");
+        }
     }
     if cfg.attention_bias || cfg.mlp_bias {
         bail!("models with attention or MLP biases are not supported by the quantizer");
@@ -383,7 +391,14 @@ pub fn quantize_model(o: &Options) -> Result<Summary> {
             })
             .collect::<Vec<_>>()
             .join("  ");
-        bar.println(format!("layer {l:>3} {secs:6.1}s  {line}"));
+        let line = format!("layer {l:>3} {secs:6.1}s  {line}");
+        if bar.is_hidden() {
+            if o.progress_lines {
+                eprintln!("{line}");
+            }
+        } else {
+            bar.println(line);
+        }
         bar.inc(1);
         summary.layer_seconds.push(secs);
         summary.modules.extend(run.reports);

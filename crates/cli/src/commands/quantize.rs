@@ -149,6 +149,7 @@ pub fn run(args: Args) -> Result<()> {
         max_memory: gib(args.max_memory, "--max-memory")?,
         max_shard: gib(args.max_shard_size, "--max-shard-size")?,
         progress: std::io::stderr().is_terminal(),
+        progress_lines: true,
         keep_hessians: false,
     };
     let s = quantize::quantize_model(&opts)?;
