@@ -309,7 +309,10 @@
       detail = (j.error && (j.error.message || (typeof j.error === 'string' && j.error))) || text;
     } catch (e) { /* keep the raw text */ }
     const what = STATUS_TEXT[resp.status] || 'The request failed';
-    return what + ' (HTTP ' + resp.status + ')' + (detail ? ': ' + detail : '.');
+    // The whole conversation is the prompt: a long one outgrows the server's limit.
+    const hint = resp.status === 422 && /`inputs`.*tokens/.test(detail)
+      ? ' Start a new chat, or shorten the message.' : '';
+    return what + ' (HTTP ' + resp.status + ')' + (detail ? ': ' + detail : '.') + hint;
   }
 
   function addError(c, text) {

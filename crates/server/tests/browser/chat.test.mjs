@@ -306,6 +306,7 @@ step('Esc stops a long answer and the server cancels it; a second client meanwhi
   await prompt.press('Enter');
   await page.waitForFunction(() => Number(document.querySelector('.msg.streaming')?.dataset.chunks) >= 20,
     null, { timeout: 60_000 });
+  await shot('desktop-streaming');
 
   // --max-concurrent-requests 1: another browser's question is refused while this one runs.
   const other = await browser.newContext({ viewport: PHONE });
@@ -362,7 +363,8 @@ step('a prompt over --max-input-tokens shows the server\'s 422 message in the ch
   await error.waitFor();
   const text = await error.innerText();
   assert.match(text, /HTTP 422/);
-  assert.match(text, new RegExp('`inputs` must have less than ' + MAX_INPUT + ' tokens'));
+  assert.match(text, new RegExp('`inputs` must have less than ' + MAX_INPUT + ' tokens. Given: \\d+'));
+  assert.match(text, /Start a new chat/);
   assert.match(await page.locator('#announce').textContent(), /^Error: .*HTTP 422/);
   assert.equal(await page.locator('.msg.user').count(), 1);
   await page.getByRole('button', { name: 'Retry the request' }).waitFor();
