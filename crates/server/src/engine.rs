@@ -11,6 +11,7 @@
 use crate::args::Limits;
 use crate::metrics::Metrics;
 use model::generate::FinishReason;
+use model::grammar::JsonConstraint;
 use model::kv_cache::BLOCK_TOKENS;
 use model::{BatchToken, KvCache, Llama, Sampler, SamplingParams, SeqId};
 use std::collections::VecDeque;
@@ -47,6 +48,8 @@ pub struct EngineRequest {
     pub top_n: usize,
     pub events: UnboundedSender<Event>,
     pub arrived: Instant,
+    /// Only tokens that keep the output a valid JSON document may be sampled.
+    pub constraint: Option<JsonConstraint>,
 }
 
 /// A token id with its log-probability.
@@ -446,9 +449,15 @@ impl Engine {
             r.done = true;
             return;
         }
+        if let Some(c) = &r.req.constraint {
+            c.mask(logits);
+        }
         let id = r
             .sampler
             .sample(logits, &r.tokens, &r.tokens[r.prompt_len..]);
+        if let Some(c) = &mut r.req.constraint {
+            c.advance(id);
+        }
         let token = score(logits, id, r.req.logprobs, r.req.top_n);
         r.tokens.push(id);
         r.generated += 1;

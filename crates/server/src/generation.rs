@@ -5,6 +5,7 @@ use crate::engine::{Event, Scored};
 use crate::error::ApiError;
 use crate::state::AppState;
 use model::generate::{FinishReason, StopMatcher};
+use model::grammar::JsonConstraint;
 use model::SamplingParams;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +24,8 @@ pub struct GenRequest {
     pub prompt_logprobs: bool,
     pub top_n: usize,
     pub arrived: Instant,
+    /// Output kept to a JSON document (TGI's `grammar`, OpenAI's `response_format`).
+    pub constraint: Option<JsonConstraint>,
 }
 
 /// A token id with its text as one token (special tokens included) and log-probability.
@@ -126,6 +129,7 @@ pub fn start(
         top_n: req.top_n,
         events: engine_tx,
         arrived: req.arrived,
+        constraint: req.constraint.clone(),
     };
     if !state.engine.submit(engine_req) {
         return Err(ApiError::Generation("the engine is not running".into()));

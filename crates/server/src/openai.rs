@@ -180,13 +180,13 @@ fn plan(
             "`n` > 1 is not supported when streaming".into(),
         ));
     }
-    if let Some(format) = &c.response_format {
-        if format.get("type").and_then(Value::as_str) != Some("text") {
-            return Err(ApiError::Validation(
-                "`response_format` other than text is not supported".into(),
-            ));
-        }
-    }
+    let schema = c
+        .response_format
+        .as_ref()
+        .map(crate::grammar::openai)
+        .transpose()?
+        .flatten()
+        .map(Arc::new);
     // OpenAI's temperature 0 means greedy, and top_p 1 means no nucleus filter; TGI's
     // validation refuses both values, so they are mapped before it, as TGI's own chat route does.
     let greedy = c.temperature == Some(0.0);
@@ -238,6 +238,7 @@ fn plan(
                 prompt_logprobs,
                 top_n,
                 arrived,
+                constraint: schema.clone().map(|s| state.json_constraint(s)),
             });
             prompt_texts.push(text.clone());
         }

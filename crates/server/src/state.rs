@@ -5,6 +5,7 @@ use crate::args::Limits;
 use crate::engine::EngineClient;
 use crate::error::ApiError;
 use crate::metrics::Metrics;
+use model::grammar::{JsonConstraint, Schema, TokenTable};
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,6 +24,8 @@ pub struct AppState {
     pub api_key: Option<String>,
     pub payload_limit: usize,
     pub shutting_down: AtomicBool,
+    /// The vocabulary as bytes, for JSON-constrained requests; built at the first one.
+    token_table: std::sync::OnceLock<Arc<TokenTable>>,
     permits: Arc<Semaphore>,
     next_id: AtomicU64,
     seeds: std::collections::hash_map::RandomState,
@@ -51,9 +54,18 @@ impl AppState {
             api_key,
             payload_limit,
             shutting_down: AtomicBool::new(false),
+            token_table: Default::default(),
             next_id: AtomicU64::new(1),
             seeds: Default::default(),
         }
+    }
+
+    /// A fresh constraint for one generation that must follow `schema`.
+    pub fn json_constraint(&self, schema: Arc<Schema>) -> JsonConstraint {
+        let table = self
+            .token_table
+            .get_or_init(|| Arc::new(TokenTable::new(&self.tokenizer)));
+        JsonConstraint::new(schema, table.clone())
     }
 
     /// Starts the bookkeeping of one request: refuses it while shutting down or when

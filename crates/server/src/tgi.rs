@@ -118,9 +118,12 @@ pub fn validate(
         return Err(ApiError::Validation("`inputs` cannot be empty".into()));
     }
     let truncate = validate::truncate(limits, p.truncate)?;
-    if p.grammar.is_some() {
-        return Err(ApiError::Validation("grammar is not supported".into()));
-    }
+    let schema = p
+        .grammar
+        .as_ref()
+        .map(crate::grammar::tgi)
+        .transpose()?
+        .map(Arc::new);
     let mut prompt = state.encode(&req.inputs, true)?;
     if let Some(t) = truncate {
         // TGI keeps the end of the prompt: the part closest to what is generated.
@@ -140,6 +143,7 @@ pub fn validate(
             prompt_logprobs: decoder_input_details,
             top_n,
             arrived,
+            constraint: schema.map(|s| state.json_constraint(s)),
         },
         inputs: req.inputs,
         best_of,

@@ -53,6 +53,15 @@ pub struct JsonConstraint {
     state: Machine,
 }
 
+impl std::fmt::Debug for JsonConstraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JsonConstraint")
+            .field("schema", &self.schema)
+            .field("finished", &self.finished())
+            .finish_non_exhaustive()
+    }
+}
+
 impl JsonConstraint {
     pub fn new(schema: Arc<Schema>, table: Arc<TokenTable>) -> JsonConstraint {
         let state = Machine::new(&schema);

@@ -103,6 +103,48 @@ def test_openai_completions_echo_logprobs():
     assert text.choices[0].text
 
 
+DOSE_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "drug": {"type": "string", "maxLength": 24},
+        "dose_mg": {"type": "integer"},
+        "route": {"enum": ["oral", "intravenous"]},
+    },
+    "required": ["drug", "dose_mg", "route"],
+}
+
+
+def check_dose(text):
+    doc = json.loads(text)
+    assert set(doc) == {"drug", "dose_mg", "route"}, text
+    assert isinstance(doc["drug"], str) and isinstance(doc["dose_mg"], int), text
+    assert doc["route"] in ("oral", "intravenous"), text
+
+
+def test_hub_grammar_json_schema():
+    client = InferenceClient(URL)
+    prompt = "<|im_start|>user\nGive the usual adult dose of aspirin as JSON.<|im_end|>\n<|im_start|>assistant\n"
+    text = client.text_generation(prompt, max_new_tokens=100, grammar={"type": "json", "value": DOSE_SCHEMA})
+    check_dose(text)
+    with pytest.raises(ValidationError):
+        client.text_generation(prompt, max_new_tokens=4, grammar={"type": "regex", "value": "[a-z]+"})
+
+
+def test_openai_response_format():
+    client = openai.OpenAI(base_url=URL + "/v1", api_key="-")
+    messages = [{"role": "user", "content": "Give the usual adult dose of aspirin as JSON."}]
+    r = client.chat.completions.create(model="meditron", messages=messages, max_tokens=100, temperature=0,
+                                       response_format={"type": "json_schema",
+                                                        "json_schema": {"name": "dose", "schema": DOSE_SCHEMA}})
+    check_dose(r.choices[0].message.content)
+    r = client.chat.completions.create(model="meditron", messages=messages, max_tokens=100, temperature=0,
+                                       response_format={"type": "json_object"})
+    if r.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(r.choices[0].message.content), dict)
+    else:
+        assert r.choices[0].message.content.lstrip().startswith("{")
+
+
 def test_lm_eval_local_completions():
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
     out_dir = os.path.join(os.environ.get("TMPDIR", "/tmp"), "meditron-lm-eval")
