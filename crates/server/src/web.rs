@@ -209,6 +209,21 @@ mod tests {
     }
 
     #[test]
+    fn page_has_nothing_inline_that_the_csp_would_block() {
+        let html = std::str::from_utf8(INDEX.body).unwrap();
+        for script in html.split("<script").skip(1) {
+            let tag = script.split('>').next().unwrap();
+            assert!(
+                tag.contains(" src=\"/assets/"),
+                "inline script: <script{tag}>"
+            );
+        }
+        for banned in ["<style", " style=", " onclick=", " onload=", "javascript:"] {
+            assert!(!html.contains(banned), "{banned}");
+        }
+    }
+
+    #[test]
     fn assets_stay_small() {
         // The issue asks for a small page: no framework. Keep the whole page under 100 KB.
         let total: usize = INDEX.body.len() + ASSETS.iter().map(|a| a.body.len()).sum::<usize>();
