@@ -24,9 +24,14 @@ pub struct Args {
     /// Print one JSON object instead of a table
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub cuda: super::bench_cuda::CudaArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
+    if super::bench_cuda::run_if_cuda(&args.cuda, &args.model, args.n_prompt, args.n_gen, args.repetitions, args.json)? {
+        return Ok(());
+    }
     if args.repetitions == 0 {
         bail!("--repetitions must be at least 1");
     }

@@ -1,0 +1,672 @@
+//! Every kernel run on the GPU against a plain CPU reference on fresh random inputs (outputs
+//! poisoned with NaN first, so an unwritten element fails), then the big ones timed against
+//! their bytes-moved floor. `meditron bench --device cuda --check-kernels` runs this.
+
+use crate::driver::{Buf, Gpu};
+use crate::gptq::{repack, GptqTensors, Packed};
+use crate::kernels::{gptq_dequant, gptq_gemv, Heads, Ops, QLinear, ATTN_SPLIT, PAGE};
+use anyhow::{bail, Result};
+use half::f16;
+
+pub struct Rng(u64);
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed ^ 0x2545F4914F6CDD1D)
+    }
+    pub fn u32(&mut self) -> u32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        (self.0 >> 16) as u32
+    }
+    /// Roughly normal (sum of uniforms), mean 0, std 1.
+    pub fn normal(&mut self) -> f32 {
+        (0..4)
+            .map(|_| self.u32() as f32 / u32::MAX as f32)
+            .sum::<f32>()
+            * 1.732
+            - 3.464
+    }
+}
+
+fn h(x: f32) -> u16 {
+    f16::from_f32(x).to_bits()
+}
+fn f(x: u16) -> f32 {
+    f16::from_bits(x).to_f32()
+}
+
+/// ||a - b|| / ||b||, NaN if any element of a is NaN.
+fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    let (mut num, mut den) = (0f64, 0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        if !x.is_finite() {
+            return f64::NAN;
+        }
+        num += (x as f64 - y as f64).powi(2);
+        den += (y as f64).powi(2);
+    }
+    (num / den.max(1e-30)).sqrt()
+}
+
+pub struct Report {
+    pub lines: Vec<String>,
+    pub failed: usize,
+}
+impl Report {
+    fn check(&mut self, name: &str, err: f64, bound: f64) {
+        let ok = err <= bound; // NaN fails
+        if !ok {
+            self.failed += 1;
+        }
+        self.lines.push(format!(
+            "{} {name}: rel err {err:.2e} (bound {bound:.0e})",
+            if ok { "PASS" } else { "FAIL" }
+        ));
+    }
+}
+
+fn poisoned(gpu: &Gpu, bytes: usize) -> Result<Buf> {
+    let b = gpu.alloc(bytes)?;
+    gpu.fill32(&b, 0x7fc00000)?; // f32 NaN (and fp16 NaN pairs)
+    Ok(b)
+}
+
+fn upload_q(gpu: &Gpu, p: &Packed) -> Result<QLinear> {
+    let perm = p.perm.as_ref().map(|v| gpu.upload(v)).transpose()?;
+    let q = QLinear {
+        qw: gpu.upload(&p.words)?,
+        scales: gpu.upload(&p.scales)?,
+        zeros: p.zeros.as_ref().map(|z| gpu.upload(z)).transpose()?,
+        perm,
+        inv_perm: None,
+        k: p.k,
+        n: p.n,
+        bits: p.bits,
+        group_size: p.group_size,
+    };
+    q.validate()?;
+    Ok(q)
+}
+
+/// A GPTQ layer in checkpoint form (act-order g_idx, optional asymmetric zeros), repacked.
+fn random_gptq(
+    rng: &mut Rng,
+    bits: u32,
+    k: usize,
+    n: usize,
+    group: Option<usize>,
+    act: bool,
+    sym: bool,
+) -> Result<Packed> {
+    let gs = group.unwrap_or(k);
+    let groups = k / gs;
+    let codes: Vec<u32> = (0..k * n).map(|_| rng.u32() % (1 << bits)).collect();
+    let zeros: Vec<u32> = (0..groups * n)
+        .map(|_| {
+            if sym {
+                (1 << (bits - 1)) - 1
+            } else {
+                rng.u32() % ((1 << bits) - 1)
+            }
+        })
+        .collect();
+    let std_q = (1u32 << bits) as f32 / 12f32.sqrt();
+    let s = 1.0 / (std_q * (k as f32).sqrt());
+    let scales: Vec<u16> = (0..groups * n)
+        .map(|_| h(s * (0.5 + (rng.u32() % 1000) as f32 / 1000.0)))
+        .collect();
+    let mut order: Vec<usize> = (0..k).collect();
+    if act {
+        for i in (1..k).rev() {
+            order.swap(i, rng.u32() as usize % (i + 1));
+        }
+    }
+    let mut g_idx = vec![0i32; k];
+    for (rank, &row) in order.iter().enumerate() {
+        g_idx[row] = (rank / gs) as i32;
+    }
+    let qweight = crate::gptq::gptq_pack_rows(&codes, bits, k, n);
+    let qzeros = crate::gptq::gptq_pack_cols(&zeros, bits, groups, n);
+    repack(&GptqTensors {
+        bits,
+        k,
+        n,
+        group_size: gs,
+        qweight: &qweight,
+        qzeros: &qzeros,
+        scales: &scales,
+        g_idx: &g_idx,
+        zero_offset: 1,
+    })
+}
+
+/// Runs every correctness check; returns the report (failures counted, not fatal).
+pub fn check_all(gpu: &Gpu) -> Result<Report> {
+    let mut r = Report {
+        lines: Vec::new(),
+        failed: 0,
+    };
+    let mut rng = Rng::new(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1),
+    );
+
+    // GPTQ GEMV (decode) and dequant + cuBLAS GEMM (prefill), against the spec's dequantization
+    // in original row order with x gathered through the act-order permutation.
+    let (k, n) = (2304usize, 448usize); // K not a multiple of a block's 1024 rows, N not of 128
+    for bits in [4u32, 3, 8] {
+        for (group, act, sym) in [
+            (Some(128), true, true),
+            (Some(32), false, false),
+            (None, false, true),
+            (Some(128), true, false),
+        ] {
+            let p = random_gptq(&mut rng, bits, k, n, group, act, sym)?;
+            let wref = p.dequant_ref(); // [K][N], sorted rows
+            let q = upload_q(gpu, &p)?;
+            for nb in [1usize, 4] {
+                let x: Vec<f32> = (0..nb * k).map(|_| f(h(rng.normal()))).collect();
+                // The kernel reads x in the sorted order; the model's norm kernel gathers it.
+                let xs: Vec<u16> = (0..nb * k)
+                    .map(|i| {
+                        let (b, kk) = (i / k, i % k);
+                        h(x[b * k + p.perm.as_ref().map_or(kk, |pm| pm[kk] as usize)])
+                    })
+                    .collect();
+                let mut yref = vec![0f32; nb * n];
+                for b in 0..nb {
+                    for kk in 0..k {
+                        let xv = f(xs[b * k + kk]);
+                        for c in 0..n {
+                            yref[b * n + c] += xv * wref[kk * n + c];
+                        }
+                    }
+                }
+                let xd = gpu.upload(&xs)?;
+                let out = poisoned(gpu, q.splits() * nb * n * 4)?;
+                let s = gptq_gemv(gpu, &q, xd.ptr, out.ptr, nb)?;
+                let parts: Vec<f32> = gpu.read(&out, 0, s * nb * n)?;
+                let y: Vec<f32> = (0..nb * n)
+                    .map(|i| (0..s).map(|j| parts[j * nb * n + i]).sum())
+                    .collect();
+                let name = format!(
+                    "gptq_gemv {bits}-bit group {} act {act} sym {sym} rows {nb}",
+                    group.map_or("none".into(), |g| g.to_string())
+                );
+                // fp16 accumulation within a group: ~1e-3 relative.
+                r.check(&name, rel_err(&y, &yref), 4e-3);
+            }
+            // Prefill path: dequantize to fp16 [K][N], then cuBLAS with f32 output.
+            let w16 = poisoned(gpu, k * n * 2)?;
+            gptq_dequant(gpu, &q, w16.ptr)?;
+            let wd: Vec<u16> = gpu.read(&w16, 0, k * n)?;
+            let wdf: Vec<f32> = wd.iter().map(|&v| f(v)).collect();
+            r.check(
+                &format!("gptq_dequant {bits}-bit group {group:?} act {act}"),
+                rel_err(&wdf, &wref),
+                1e-3,
+            );
+            if bits == 4 {
+                let m = 37;
+                let xs: Vec<u16> = (0..m * k).map(|_| h(rng.normal())).collect();
+                let mut yref = vec![0f32; m * n];
+                for i in 0..m {
+                    for kk in 0..k {
+                        let xv = f(xs[i * k + kk]);
+                        for c in 0..n {
+                            yref[i * n + c] += xv * wdf[kk * n + c];
+                        }
+                    }
+                }
+                let xd = gpu.upload(&xs)?;
+                let out = poisoned(gpu, m * n * 4)?;
+                gpu.gemm_f16(xd.ptr, w16.ptr, out.ptr, m, n, k, true)?;
+                r.check(
+                    &format!("cuBLAS GEMM [K][N] m={m} group {group:?}"),
+                    rel_err(&gpu.read(&out, 0, m * n)?, &yref),
+                    1e-4,
+                );
+            }
+        }
+    }
+
+    for heads in [
+        Heads {
+            n_heads: 64,
+            n_kv: 8,
+            head_dim: 128,
+        },
+        Heads {
+            n_heads: 9,
+            n_kv: 3,
+            head_dim: 64,
+        },
+    ] {
+        check_llama_ops(gpu, &mut rng, heads, &mut r)?;
+    }
+    Ok(r)
+}
+
+fn check_llama_ops(gpu: &Gpu, rng: &mut Rng, hd: Heads, r: &mut Report) -> Result<()> {
+    let ops = Ops { gpu, heads: hd };
+    let tag = format!("(heads {}/{}x{})", hd.n_heads, hd.n_kv, hd.head_dim);
+    // fp16 GEMV, nn.Linear layout.
+    let (k, n) = (1152usize, 1000usize);
+    let w: Vec<u16> = (0..n * k).map(|_| h(rng.normal() * 0.05)).collect();
+    for rows in [1usize, 3] {
+        let x: Vec<u16> = (0..rows * k).map(|_| h(rng.normal())).collect();
+        let yref: Vec<f32> = (0..rows * n)
+            .map(|i| {
+                (0..k)
+                    .map(|j| f(w[(i % n) * k + j]) * f(x[(i / n) * k + j]))
+                    .sum()
+            })
+            .collect();
+        let (wd, xd) = (gpu.upload(&w)?, gpu.upload(&x)?);
+        let out = poisoned(gpu, rows * n * 4)?;
+        ops.gemv_f16(wd.ptr, xd.ptr, out.ptr, k, n, rows)?;
+        r.check(
+            &format!("gemv_f16 rows {rows} {tag}"),
+            rel_err(&gpu.read(&out, 0, rows * n)?, &yref),
+            1e-5,
+        );
+        let out2 = poisoned(gpu, rows * n * 4)?;
+        gpu.gemm_f16(xd.ptr, wd.ptr, out2.ptr, rows, n, k, false)?;
+        r.check(
+            &format!("cuBLAS GEMM [N][K] rows {rows} {tag}"),
+            rel_err(&gpu.read(&out2, 0, rows * n)?, &yref),
+            1e-4,
+        );
+    }
+
+    // Residual add + RMSNorm + act-order gather.
+    let (rows, hid, s) = (3usize, 2304usize, 2usize);
+    let h0: Vec<f32> = (0..rows * hid).map(|_| rng.normal()).collect();
+    let parts: Vec<f32> = (0..s * rows * hid).map(|_| rng.normal()).collect();
+    let wn: Vec<u16> = (0..hid).map(|_| h(1.0 + 0.1 * rng.normal())).collect();
+    let mut perm: Vec<i32> = (0..hid as i32).collect();
+    for i in (1..hid).rev() {
+        perm.swap(i, rng.u32() as usize % (i + 1));
+    }
+    let mut href = h0.clone();
+    let mut yref = vec![0f32; rows * hid];
+    for b in 0..rows {
+        for i in 0..hid {
+            href[b * hid + i] += (0..s).map(|j| parts[(j * rows + b) * hid + i]).sum::<f32>();
+        }
+        let ms = href[b * hid..(b + 1) * hid]
+            .iter()
+            .map(|&v| (v as f64).powi(2))
+            .sum::<f64>()
+            / hid as f64;
+        let rs = 1.0 / (ms + 1e-5).sqrt();
+        for kk in 0..hid {
+            let j = perm[kk] as usize;
+            yref[b * hid + kk] = f(h((href[b * hid + j] as f64 * rs) as f32)) * f(wn[j]);
+        }
+    }
+    let (hd_, pd, wd, pm) = (
+        gpu.upload(&h0)?,
+        gpu.upload(&parts)?,
+        gpu.upload(&wn)?,
+        gpu.upload(&perm)?,
+    );
+    let out = poisoned(gpu, rows * hid * 2)?;
+    ops.add_rmsnorm(pd.ptr, s, rows, hd_.ptr, wd.ptr, pm.ptr, out.ptr, hid, 1e-5)?;
+    let y: Vec<f32> = gpu
+        .read::<u16>(&out, 0, rows * hid)?
+        .iter()
+        .map(|&v| f(v))
+        .collect();
+    r.check(
+        &format!("add_rmsnorm + gather {tag}"),
+        rel_err(&y, &yref),
+        2e-3,
+    );
+    r.check(
+        &format!("add_rmsnorm residual {tag}"),
+        rel_err(&gpu.read(&hd_, 0, rows * hid)?, &href),
+        1e-6,
+    );
+
+    // SwiGLU with the down projection's scatter.
+    let inter = 1536usize;
+    let parts: Vec<f32> = (0..s * rows * 2 * inter)
+        .map(|_| 2.0 * rng.normal())
+        .collect();
+    let mut inv: Vec<i32> = (0..inter as i32).collect();
+    for i in (1..inter).rev() {
+        inv.swap(i, rng.u32() as usize % (i + 1));
+    }
+    let mut yref = vec![0f32; rows * inter];
+    for b in 0..rows {
+        for j in 0..inter {
+            let g = f(h((0..s)
+                .map(|t| parts[(t * rows + b) * 2 * inter + j])
+                .sum::<f32>()));
+            let u = f(h((0..s)
+                .map(|t| parts[(t * rows + b) * 2 * inter + inter + j])
+                .sum::<f32>()));
+            yref[b * inter + inv[j] as usize] = f(h(g / (1.0 + (-g).exp()))) * u;
+        }
+    }
+    let (pd, iv) = (gpu.upload(&parts)?, gpu.upload(&inv)?);
+    let out = poisoned(gpu, rows * inter * 2)?;
+    ops.swiglu(pd.ptr, s, rows, iv.ptr, out.ptr, inter)?;
+    let y: Vec<f32> = gpu
+        .read::<u16>(&out, 0, rows * inter)?
+        .iter()
+        .map(|&v| f(v))
+        .collect();
+    r.check(&format!("swiglu + scatter {tag}"), rel_err(&y, &yref), 2e-3);
+
+    // RoPE + KV append, then split attention + combine over a paged cache, GQA.
+    let Heads {
+        n_heads: nh,
+        n_kv: nkv,
+        head_dim: d,
+    } = hd;
+    let positions = [5usize, 130, 700]; // one split, several, many
+    let b = positions.len();
+    let max_ctx = 1024usize;
+    let max_pages = max_ctx / PAGE;
+    let ncol = (nh + 2 * nkv) * d;
+    let kv_elems = b * max_pages * PAGE * nkv * d;
+    let cache_k: Vec<u16> = (0..kv_elems).map(|_| h(rng.normal())).collect();
+    let cache_v: Vec<u16> = (0..kv_elems).map(|_| h(rng.normal())).collect();
+    // Pages handed out in a scrambled order, as a server's free list would.
+    let mut table: Vec<i32> = (0..(b * max_pages) as i32).collect();
+    for i in (1..table.len()).rev() {
+        table.swap(i, rng.u32() as usize % (i + 1));
+    }
+    let parts: Vec<f32> = (0..s * b * ncol).map(|_| rng.normal()).collect();
+    let half_d = d / 2;
+    let mut cos = vec![0f32; max_ctx * half_d];
+    let mut sin = vec![0f32; max_ctx * half_d];
+    for p in 0..max_ctx {
+        for i in 0..half_d {
+            let a = p as f64 * 10000f64.powf(-((2 * i) as f64) / d as f64);
+            cos[p * half_d + i] = a.cos() as f32;
+            sin[p * half_d + i] = a.sin() as f32;
+        }
+    }
+    let pos: Vec<i32> = positions.iter().map(|&p| p as i32).collect();
+    let seq: Vec<i32> = (0..b as i32).collect();
+    let (kd, vd) = (gpu.upload(&cache_k)?, gpu.upload(&cache_v)?);
+    let (pd, posd, seqd, td) = (
+        gpu.upload(&parts)?,
+        gpu.upload(&pos)?,
+        gpu.upload(&seq)?,
+        gpu.upload(&table)?,
+    );
+    let (cd, sd) = (gpu.upload(&cos)?, gpu.upload(&sin)?);
+    let qd = poisoned(gpu, b * nh * d * 4)?;
+    ops.qkv_rope(
+        pd.ptr, s, b, posd.ptr, seqd.ptr, cd.ptr, sd.ptr, qd.ptr, kd.ptr, vd.ptr, td.ptr, max_pages,
+    )?;
+    // Reference q, k, v at each row's position.
+    let mut qref = vec![0f32; b * nh * d];
+    let mut kref = cache_k.iter().map(|&v| f(v)).collect::<Vec<_>>();
+    let mut vref = cache_v.iter().map(|&v| f(v)).collect::<Vec<_>>();
+    let slot = |bb: usize, p: usize, kvh: usize| {
+        ((table[bb * max_pages + p / PAGE] as usize * PAGE + p % PAGE) * nkv + kvh) * d
+    };
+    for bb in 0..b {
+        let p = positions[bb];
+        let x = |c: usize| (0..s).map(|t| parts[(t * b + bb) * ncol + c]).sum::<f32>();
+        for head in 0..nh + 2 * nkv {
+            for i in 0..half_d {
+                let (x0, x1) = (x(head * d + i), x(head * d + i + half_d));
+                let (c, sn) = (cos[p * half_d + i], sin[p * half_d + i]);
+                let (y0, y1) = if head < nh + nkv {
+                    (x0 * c - x1 * sn, x1 * c + x0 * sn)
+                } else {
+                    (x0, x1)
+                };
+                if head < nh {
+                    qref[(bb * nh + head) * d + i] = y0;
+                    qref[(bb * nh + head) * d + i + half_d] = y1;
+                } else {
+                    let kvh = if head < nh + nkv {
+                        head - nh
+                    } else {
+                        head - nh - nkv
+                    };
+                    let dst = if head < nh + nkv {
+                        &mut kref
+                    } else {
+                        &mut vref
+                    };
+                    dst[slot(bb, p, kvh) + i] = f(h(y0));
+                    dst[slot(bb, p, kvh) + i + half_d] = f(h(y1));
+                }
+            }
+        }
+    }
+    r.check(
+        &format!("qkv_rope q {tag}"),
+        rel_err(&gpu.read(&qd, 0, b * nh * d)?, &qref),
+        1e-6,
+    );
+    let kgot: Vec<f32> = gpu
+        .read::<u16>(&kd, 0, kv_elems)?
+        .iter()
+        .map(|&v| f(v))
+        .collect();
+    let vgot: Vec<f32> = gpu
+        .read::<u16>(&vd, 0, kv_elems)?
+        .iter()
+        .map(|&v| f(v))
+        .collect();
+    r.check(
+        &format!("qkv_rope k cache {tag}"),
+        rel_err(&kgot, &kref),
+        1e-4,
+    );
+    r.check(
+        &format!("qkv_rope v cache {tag}"),
+        rel_err(&vgot, &vref),
+        1e-4,
+    );
+
+    let nsplit = max_ctx.div_ceil(ATTN_SPLIT);
+    let po = gpu.alloc(b * nh * nsplit * d * 4)?;
+    let pml = gpu.alloc(b * nh * nsplit * 2 * 4)?;
+    let mut inv: Vec<i32> = (0..(nh * d) as i32).collect();
+    for i in (1..inv.len()).rev() {
+        inv.swap(i, rng.u32() as usize % (i + 1));
+    }
+    let ivd = gpu.upload(&inv)?;
+    let out = poisoned(gpu, b * nh * d * 2)?;
+    ops.attention(
+        qd.ptr, kd.ptr, vd.ptr, td.ptr, max_pages, posd.ptr, seqd.ptr, po.ptr, pml.ptr, nsplit, b,
+        ivd.ptr, out.ptr,
+    )?;
+    let mut aref = vec![0f32; b * nh * d];
+    let scale = 1.0 / (d as f64).sqrt();
+    for bb in 0..b {
+        let len = positions[bb] + 1;
+        for head in 0..nh {
+            let kvh = head / (nh / nkv);
+            let qv = &qref[(bb * nh + head) * d..][..d];
+            let sc: Vec<f64> = (0..len)
+                .map(|j| {
+                    (0..d)
+                        .map(|i| qv[i] as f64 * kref[slot(bb, j, kvh) + i] as f64)
+                        .sum::<f64>()
+                        * scale
+                })
+                .collect();
+            let m = sc.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = sc.iter().map(|&v| (v - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for i in 0..d {
+                let o: f64 = (0..len)
+                    .map(|j| e[j] * vref[slot(bb, j, kvh) + i] as f64)
+                    .sum::<f64>()
+                    / z;
+                aref[bb * nh * d + inv[head * d + i] as usize] = o as f32;
+            }
+        }
+    }
+    let y: Vec<f32> = gpu
+        .read::<u16>(&out, 0, b * nh * d)?
+        .iter()
+        .map(|&v| f(v))
+        .collect();
+    r.check(
+        &format!("attention split+combine, paged GQA, pos {positions:?} {tag}"),
+        rel_err(&y, &aref),
+        2e-3,
+    );
+
+    // Greedy argmax with ties to the lowest index, and the step's bookkeeping.
+    let vocab = 32000usize;
+    let mut logits: Vec<f32> = (0..2 * vocab).map(|_| rng.normal()).collect();
+    logits[vocab + 17] = 9.0;
+    logits[vocab + 20000] = 9.0;
+    let want: Vec<i32> = (0..2)
+        .map(|bb| {
+            (0..vocab).fold(0, |best, i| {
+                if logits[bb * vocab + i] > logits[bb * vocab + best] {
+                    i
+                } else {
+                    best
+                }
+            }) as i32
+        })
+        .collect();
+    let (ld, tok, posd, hist) = (
+        gpu.upload(&logits)?,
+        gpu.alloc(8)?,
+        gpu.upload(&[3i32, 7])?,
+        gpu.upload(&[-1i32; 2 * 16])?,
+    );
+    ops.argmax(ld.ptr, vocab, 2, tok.ptr, posd.ptr, hist.ptr, 16, true)?;
+    let got: Vec<i32> = gpu.read(&tok, 0, 2)?;
+    let hv: Vec<i32> = gpu.read(&hist, 0, 32)?;
+    let pv: Vec<i32> = gpu.read(&posd, 0, 2)?;
+    let ok = got == want && hv[4] == want[0] && hv[16 + 8] == want[1] && pv == [4, 8];
+    r.check(
+        &format!("argmax_step {tag}"),
+        if ok { 0.0 } else { 1.0 },
+        0.0,
+    );
+    Ok(())
+}
+
+/// Times the 70B-shaped GEMVs (several weight copies rotated so L2 cannot hold them) and
+/// reports GB/s against `peak_gbs`.
+pub fn time_kernels(gpu: &Gpu, peak_gbs: f64) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    let heads = Heads {
+        n_heads: 64,
+        n_kv: 8,
+        head_dim: 128,
+    };
+    let ops = Ops { gpu, heads };
+    let shapes = [
+        ("qkv", 8192usize, 10240usize),
+        ("o_proj", 8192, 8192),
+        ("gate_up", 8192, 57344),
+        ("down", 28672, 8192),
+    ];
+    for (bits, group) in [
+        (4u32, Some(128usize)),
+        (4, None),
+        (4, Some(32)),
+        (3, Some(128)),
+        (8, Some(128)),
+    ] {
+        for (name, k, n) in shapes {
+            let copies = (600_000_000 / (k * n * bits as usize / 8)).clamp(1, 8);
+            let mut ws = Vec::new();
+            for c in 0..copies {
+                let gs = group.unwrap_or(k);
+                let qw = gpu.alloc(k / 32 * bits as usize * n * 4)?;
+                ops.fill_u32(&qw, 77 + c as u32)?;
+                let scales = gpu.alloc(k.div_ceil(gs) * n * 2)?;
+                ops.fill_f16(&scales, 5, 1e-3, 2e-3)?;
+                ws.push(QLinear {
+                    qw,
+                    scales,
+                    zeros: None,
+                    perm: None,
+                    inv_perm: None,
+                    k,
+                    n,
+                    bits,
+                    group_size: gs,
+                });
+            }
+            let x = gpu.alloc(k * 2)?;
+            ops.fill_f16(&x, 9, -1.0, 1.0)?;
+            let out = gpu.alloc(ws[0].splits() * n * 4)?;
+            for w in &ws {
+                gptq_gemv(gpu, w, x.ptr, out.ptr, 1)?;
+            }
+            let mut times = Vec::new();
+            for rep in 0..30 {
+                let w = &ws[rep % ws.len()];
+                times.push(gpu.time(|| gptq_gemv(gpu, w, x.ptr, out.ptr, 1).map(|_| ()))?);
+            }
+            times.sort_by(|a, b| a.total_cmp(b));
+            let ms = times[times.len() / 2];
+            let (regs, local) = crate::kernels::gptq_gemv_resources(gpu, &ws[0], 1)?;
+            let bytes = ws[0].weight_bytes() + k * 2 + ws[0].splits() * n * 4;
+            let gbs = bytes as f64 / ms / 1e6;
+            lines.push(format!(
+                "gptq_gemv {bits}-bit g{} {name:8} K={k:5} N={n:5}: {:7.1} us, {:6.0} GB/s ({:.0}% of {peak_gbs:.0}), floor {:6.1} us; {regs} regs, {local} B local",
+                group.map_or("none".into(), |g| g.to_string()),
+                ms * 1e3,
+                gbs,
+                100.0 * gbs / peak_gbs,
+                bytes as f64 / peak_gbs / 1e3
+            ));
+        }
+    }
+    // lm_head in fp16.
+    let (k, n) = (8192usize, 32000usize);
+    let w = gpu.alloc(k * n * 2)?;
+    ops.fill_f16(&w, 3, -0.02, 0.02)?;
+    let x = gpu.alloc(k * 2)?;
+    ops.fill_f16(&x, 4, -1.0, 1.0)?;
+    let out = gpu.alloc(n * 4)?;
+    ops.gemv_f16(w.ptr, x.ptr, out.ptr, k, n, 1)?;
+    let mut times: Vec<f64> = (0..20)
+        .map(|_| gpu.time(|| ops.gemv_f16(w.ptr, x.ptr, out.ptr, k, n, 1)))
+        .collect::<Result<_>>()?;
+    times.sort_by(|a, b| a.total_cmp(b));
+    let ms = times[10];
+    let gbs = (k * n * 2) as f64 / ms / 1e6;
+    lines.push(format!(
+        "gemv_f16 lm_head K={k} N={n}: {:.1} us, {gbs:.0} GB/s ({:.0}%)",
+        ms * 1e3,
+        100.0 * gbs / peak_gbs
+    ));
+    Ok(lines)
+}
+
+/// Device-to-device copy bandwidth (bytes read + written), the ceiling the GEMVs are held to.
+pub fn copy_bandwidth(gpu: &Gpu) -> Result<f64> {
+    let bytes = 2usize << 30;
+    let a = gpu.alloc(bytes)?;
+    let b = gpu.alloc(bytes)?;
+    let copy = || {
+        crate::driver::check(
+            // SAFETY: both buffers hold `bytes` bytes.
+            unsafe { cudarc::driver::sys::cuMemcpyDtoDAsync_v2(b.ptr, a.ptr, bytes, gpu.stream) },
+            "device copy",
+        )
+    };
+    copy()?;
+    let mut t: Vec<f64> = (0..5).map(|_| gpu.time(copy)).collect::<Result<_>>()?;
+    t.sort_by(|x, y| x.total_cmp(y));
+    if t[2] <= 0.0 {
+        bail!("copy timing returned {}", t[2]);
+    }
+    Ok(2.0 * bytes as f64 / t[2] / 1e6)
+}

@@ -1,0 +1,445 @@
+//! Launchers: one function per kernel, checking shapes before the launch and choosing the
+//! compile-time variant (bits, batch rows, group flush, head shape) that NVRTC builds once.
+
+use crate::driver::{Buf, Gpu};
+use anyhow::{bail, Result};
+
+const COMMON: &str = include_str!("kernels/common.cuh");
+const GPTQ_CU: &str = include_str!("kernels/gptq.cu");
+const LLAMA_CU: &str = include_str!("kernels/llama.cu");
+
+/// Sources as NVRTC sees them (common helpers first), for compile checks.
+pub fn sources() -> [(&'static str, String); 2] {
+    [
+        ("gptq", format!("{COMMON}\n{GPTQ_CU}")),
+        ("llama", format!("{COMMON}\n{LLAMA_CU}")),
+    ]
+}
+
+/// Positions per attention block (flash-decoding split) and KV page size, fixed in llama.cu.
+pub const ATTN_SPLIT: usize = 64;
+pub const PAGE: usize = 16;
+
+/// A GPTQ linear layer on the device in the kernel's layout (see gptq.cu).
+pub struct QLinear {
+    pub qw: Buf,               // [K / 32 * bits][N] u32
+    pub scales: Buf,           // [G][N] fp16
+    pub zeros: Option<Buf>,    // [G][N] u8, None = symmetric
+    pub perm: Option<Buf>,     // [K] i32: sorted row k is original input row perm[k]
+    pub inv_perm: Option<Buf>, // [K] i32
+    pub k: usize,
+    pub n: usize,
+    pub bits: u32,
+    /// Rows per scale group; K when the checkpoint has one group (group_size -1).
+    pub group_size: usize,
+}
+
+/// Rows of K per warp chunk: 8-bit chunks are half as long to keep the words in registers.
+fn kw(bits: u32) -> usize {
+    if bits == 8 {
+        64
+    } else {
+        128
+    }
+}
+
+impl QLinear {
+    /// K splits the GEMV produces partial sums for.
+    pub fn splits(&self) -> usize {
+        self.k.div_ceil(kw(self.bits) * 8)
+    }
+    pub fn weight_bytes(&self) -> usize {
+        self.qw.bytes + self.scales.bytes + self.zeros.as_ref().map_or(0, |z| z.bytes)
+    }
+    pub fn validate(&self) -> Result<()> {
+        let kwv = kw(self.bits);
+        if ![3, 4, 8].contains(&self.bits) {
+            bail!("GPTQ kernels take 3, 4 or 8 bits, not {}", self.bits);
+        }
+        if !self.k.is_multiple_of(32) || !self.n.is_multiple_of(4) {
+            bail!(
+                "GPTQ layer {}x{}: K must be a multiple of 32 and N of 4",
+                self.k,
+                self.n
+            );
+        }
+        let g = self.group_size;
+        if !(g == self.k
+            || (g.is_multiple_of(32) && (g.is_multiple_of(kwv) || kwv.is_multiple_of(g))))
+        {
+            bail!("GPTQ group size {g} is not supported (32, 64, 128, ... or one group)");
+        }
+        Ok(())
+    }
+}
+
+/// x: [nb][K] fp16 in the sorted row order; out: [splits][nb][N] f32. Returns the split count.
+pub fn gptq_gemv(gpu: &Gpu, w: &QLinear, x: u64, out: u64, nb: usize) -> Result<usize> {
+    if !(1..=8).contains(&nb) {
+        bail!("GEMV batch {nb} out of 1..=8");
+    }
+    let kwv = kw(w.bits);
+    let spf = if w.group_size == w.k {
+        kwv / 32
+    } else {
+        (w.group_size.min(kwv) / 32).max(1)
+    };
+    let src = &sources()[0].1;
+    let m = gpu.module(
+        "gptq",
+        src,
+        &[
+            ("BITS", w.bits as i64),
+            ("NB", nb as i64),
+            ("KW", kwv as i64),
+            ("SPF", spf as i64),
+        ],
+    )?;
+    let f = m.func("gptq_gemv")?;
+    let splits = w.splits();
+    let zeros = w.zeros.as_ref().map_or(0, |z| z.ptr);
+    gpu.launch(
+        &f,
+        (w.n.div_ceil(128) as u32, splits as u32, 1),
+        256,
+        0,
+        &[
+            &w.qw.ptr,
+            &w.scales.ptr,
+            &zeros,
+            &x,
+            &out,
+            &(w.k as i32),
+            &(w.n as i32),
+            &(w.group_size as i32),
+        ],
+    )?;
+    Ok(splits)
+}
+
+/// (registers, local bytes) of the GEMV variant `gptq_gemv` would launch for `w` and `nb`.
+pub fn gptq_gemv_resources(gpu: &Gpu, w: &QLinear, nb: usize) -> Result<(i32, i32)> {
+    let kwv = kw(w.bits);
+    let spf = if w.group_size == w.k {
+        kwv / 32
+    } else {
+        (w.group_size.min(kwv) / 32).max(1)
+    };
+    let m = gpu.module(
+        "gptq",
+        &sources()[0].1,
+        &[
+            ("BITS", w.bits as i64),
+            ("NB", nb as i64),
+            ("KW", kwv as i64),
+            ("SPF", spf as i64),
+        ],
+    )?;
+    m.func("gptq_gemv")?.resources()
+}
+
+/// Dequantizes to fp16 [K][N] (sorted row order) at `dst`, on `stream`.
+pub fn gptq_dequant_on(gpu: &Gpu, side: bool, w: &QLinear, dst: u64) -> Result<()> {
+    let m = gpu.module("gptq", &sources()[0].1, &[("BITS", w.bits as i64)])?;
+    let f = m.func("gptq_dequant")?;
+    let zeros = w.zeros.as_ref().map_or(0, |z| z.ptr);
+    gpu.launch_on(
+        side,
+        &f,
+        (w.n.div_ceil(256) as u32, (w.k / 32) as u32, 1),
+        256,
+        0,
+        &[
+            &w.qw.ptr,
+            &w.scales.ptr,
+            &zeros,
+            &dst,
+            &(w.k as i32),
+            &(w.n as i32),
+            &(w.group_size as i32),
+        ],
+    )
+}
+
+/// Dequantizes to fp16 [K][N] (sorted row order) at `dst`.
+pub fn gptq_dequant(gpu: &Gpu, w: &QLinear, dst: u64) -> Result<()> {
+    gptq_dequant_on(gpu, false, w, dst)
+}
+
+/// Head shape of the attention kernels.
+#[derive(Clone, Copy, Debug)]
+pub struct Heads {
+    pub n_heads: usize,
+    pub n_kv: usize,
+    pub head_dim: usize,
+}
+
+fn llama(gpu: &Gpu, h: Heads, nbf: usize) -> Result<&'static crate::driver::Module> {
+    if !h.head_dim.is_multiple_of(64)
+        || h.head_dim > 256
+        || h.n_kv == 0
+        || !h.n_heads.is_multiple_of(h.n_kv)
+    {
+        bail!("attention kernels need head_dim a multiple of 64 (<= 256) and heads a multiple of kv heads: {h:?}");
+    }
+    gpu.module(
+        "llama",
+        &sources()[1].1,
+        &[
+            ("HD", h.head_dim as i64),
+            ("GQA", (h.n_heads / h.n_kv) as i64),
+            ("PAGE", PAGE as i64),
+            ("SPLIT", ATTN_SPLIT as i64),
+            ("NBF", nbf as i64),
+        ],
+    )
+}
+
+pub struct Ops<'g> {
+    pub gpu: &'g Gpu,
+    pub heads: Heads,
+}
+
+impl<'g> Ops<'g> {
+    fn m(&self) -> Result<&'static crate::driver::Module> {
+        llama(self.gpu, self.heads, 1)
+    }
+
+    pub fn embed(&self, tok: u64, emb: u64, h: u64, rows: usize, hidden: usize) -> Result<()> {
+        let f = self.m()?.func("embed")?;
+        self.gpu.launch(
+            &f,
+            (rows as u32, 1, 1),
+            256,
+            0,
+            &[&tok, &emb, &h, &(hidden as i32)],
+        )
+    }
+
+    /// h += sum of `s` partials; out = fp16(rmsnorm(h) * w) gathered through perm.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_rmsnorm(
+        &self,
+        part: u64,
+        s: usize,
+        rows: usize,
+        h: u64,
+        w: u64,
+        perm: u64,
+        out: u64,
+        hidden: usize,
+        eps: f32,
+    ) -> Result<()> {
+        let f = self.m()?.func("add_rmsnorm")?;
+        self.gpu.launch(
+            &f,
+            (rows as u32, 1, 1),
+            1024,
+            0,
+            &[
+                &part,
+                &(s as i32),
+                &(rows as i32),
+                &h,
+                &w,
+                &perm,
+                &out,
+                &(hidden as i32),
+                &eps,
+            ],
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv_rope(
+        &self,
+        part: u64,
+        s: usize,
+        rows: usize,
+        pos: u64,
+        seq: u64,
+        cos: u64,
+        sin: u64,
+        q: u64,
+        kc: u64,
+        vc: u64,
+        table: u64,
+        max_pages: usize,
+    ) -> Result<()> {
+        let h = self.heads;
+        let f = self.m()?.func("qkv_rope")?;
+        self.gpu.launch(
+            &f,
+            (rows as u32, (h.n_heads + 2 * h.n_kv) as u32, 1),
+            (h.head_dim / 2) as u32,
+            0,
+            &[
+                &part,
+                &(s as i32),
+                &(rows as i32),
+                &pos,
+                &seq,
+                &cos,
+                &sin,
+                &q,
+                &kc,
+                &vc,
+                &table,
+                &(max_pages as i32),
+                &(h.n_heads as i32),
+                &(h.n_kv as i32),
+            ],
+        )
+    }
+
+    /// Attention of `rows` query tokens over their sequences' cached keys/values, written as
+    /// fp16 [rows][n_heads * head_dim] scattered through inv_perm (o_proj's sorted order).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention(
+        &self,
+        q: u64,
+        kc: u64,
+        vc: u64,
+        table: u64,
+        max_pages: usize,
+        pos: u64,
+        seq: u64,
+        part_o: u64,
+        part_ml: u64,
+        nsplit: usize,
+        rows: usize,
+        inv_perm: u64,
+        out: u64,
+    ) -> Result<()> {
+        let h = self.heads;
+        let m = self.m()?;
+        let scale = 1.0 / (h.head_dim as f32).sqrt();
+        self.gpu.launch(
+            &m.func("attn_split")?,
+            (rows as u32, h.n_kv as u32, nsplit as u32),
+            256,
+            0,
+            &[
+                &q,
+                &kc,
+                &vc,
+                &table,
+                &(max_pages as i32),
+                &pos,
+                &seq,
+                &part_o,
+                &part_ml,
+                &(h.n_kv as i32),
+                &scale,
+            ],
+        )?;
+        self.gpu.launch(
+            &m.func("attn_combine")?,
+            (rows as u32, h.n_heads as u32, 1),
+            h.head_dim as u32,
+            0,
+            &[
+                &part_o,
+                &part_ml,
+                &(nsplit as i32),
+                &pos,
+                &inv_perm,
+                &out,
+                &(h.n_heads as i32),
+            ],
+        )
+    }
+
+    pub fn swiglu(
+        &self,
+        part: u64,
+        s: usize,
+        rows: usize,
+        inv_perm: u64,
+        out: u64,
+        inter: usize,
+    ) -> Result<()> {
+        let f = self.m()?.func("swiglu")?;
+        self.gpu.launch(
+            &f,
+            (inter.div_ceil(256) as u32, rows as u32, 1),
+            256,
+            0,
+            &[
+                &part,
+                &(s as i32),
+                &(rows as i32),
+                &inv_perm,
+                &out,
+                &(inter as i32),
+            ],
+        )
+    }
+
+    /// out[b][n] = W[n][:] . x[b][:] for fp16 W [N][K]; rows 1..=8.
+    pub fn gemv_f16(
+        &self,
+        w: u64,
+        x: u64,
+        out: u64,
+        k: usize,
+        n: usize,
+        rows: usize,
+    ) -> Result<()> {
+        if !k.is_multiple_of(8) || !(1..=8).contains(&rows) {
+            bail!("fp16 GEMV needs K % 8 == 0 (K = {k}) and 1..=8 rows ({rows})");
+        }
+        let f = llama(self.gpu, self.heads, rows)?.func("gemv_f16")?;
+        self.gpu.launch(
+            &f,
+            (n.div_ceil(8) as u32, 1, 1),
+            256,
+            0,
+            &[&w, &x, &out, &(k as i32), &(n as i32)],
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub fn argmax(
+        &self,
+        logits: u64,
+        vocab: usize,
+        rows: usize,
+        tok: u64,
+        pos: u64,
+        history: u64,
+        hist_len: usize,
+        advance: bool,
+    ) -> Result<()> {
+        let f = self.m()?.func("argmax_step")?;
+        self.gpu.launch(
+            &f,
+            (rows as u32, 1, 1),
+            1024,
+            0,
+            &[
+                &logits,
+                &(vocab as i32),
+                &tok,
+                &pos,
+                &history,
+                &(hist_len as i32),
+                &(advance as i32),
+            ],
+        )
+    }
+
+    pub fn fill_u32(&self, dst: &Buf, seed: u32) -> Result<()> {
+        let f = self.m()?.func("fill_u32")?;
+        let n = (dst.bytes / 4) as u64;
+        self.gpu
+            .launch(&f, (1024, 1, 1), 256, 0, &[&dst.ptr, &n, &seed])
+    }
+
+    pub fn fill_f16(&self, dst: &Buf, seed: u32, lo: f32, hi: f32) -> Result<()> {
+        let f = self.m()?.func("fill_f16")?;
+        let n = (dst.bytes / 2) as u64;
+        self.gpu
+            .launch(&f, (1024, 1, 1), 256, 0, &[&dst.ptr, &n, &seed, &lo, &hi])
+    }
+}

@@ -1,0 +1,331 @@
+// The Llama forward pass apart from the matrix products: embedding, residual add + RMSNorm
+// (+ the next GEMV's act-order gather), RoPE + KV-cache append, paged GQA attention with the
+// sequence split across blocks (flash-decoding) and its combine, SwiGLU, fp16 GEMV (lm_head and
+// fp16 checkpoints), greedy argmax, and random fills for synthetic weights.
+//
+// Matrix products leave f32 partial sums [S][B][N] (S = K splits; 1 for cuBLAS); the consumer
+// adds them up, so no kernel needs atomics or a zeroed output.
+//
+// Compile-time parameters: HD (head dim), GQA (query heads per KV head), PAGE (KV page size in
+// tokens), SPLIT (positions per attention block).
+
+#ifndef HD
+#define HD 128
+#endif
+#ifndef GQA
+#define GQA 8
+#endif
+#ifndef PAGE
+#define PAGE 16
+#endif
+#ifndef SPLIT
+#define SPLIT 64
+#endif
+
+// h[b][:] = emb[tok[b]][:]; grid B, block 256.
+extern "C" __global__ void embed(const int* __restrict__ tok, const u16* __restrict__ emb, float* __restrict__ h,
+                                 int H) {
+    int b = blockIdx.x;
+    const u16* row = emb + (size_t)tok[b] * H;
+    for (int i = threadIdx.x; i < H; i += blockDim.x) h[(size_t)b * H + i] = h2f(row[i]);
+}
+
+// h[b] += sum_s part[s][b]; out[b][k] = fp16(rmsnorm(h[b]) * w)[perm[k]]; grid B, block 1024.
+extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm(
+    const float* __restrict__ part, int S, int B,  // [S][B][H]
+    float* __restrict__ h,                          // [B][H] residual stream, updated in place
+    const u16* __restrict__ w,                      // [H]
+    const int* __restrict__ perm,                   // [H] or null
+    u16* __restrict__ out,                          // [B][H]
+    int H, float eps) {
+    __shared__ float red[32];
+    int b = blockIdx.x;
+    float* hb = h + (size_t)b * H;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < H; i += blockDim.x) {
+        float v = hb[i];
+        for (int s = 0; s < S; s++) v += part[((size_t)s * B + b) * H + i];
+        hb[i] = v;
+        ss += v * v;
+    }
+    ss = block_sum(ss, red);
+    float r = rsqrtf(ss / (float)H + eps);
+    for (int k = threadIdx.x; k < H; k += blockDim.x) {
+        int j = perm ? perm[k] : k;
+        // As transformers: normalize in f32, round to fp16, then multiply by the weight.
+        float y = h2f(f2h(hb[j] * r)) * h2f(w[j]);
+        out[(size_t)b * H + k] = f2h(y);
+    }
+}
+
+// Sum the QKV partials, rotate q and k (rotate-half RoPE, pairs (i, i + HD/2)), append k and v
+// to the paged cache at pos[b]; q goes out in f32. grid (B, NH + 2 * NKV), block HD / 2.
+extern "C" __global__ void qkv_rope(const float* __restrict__ part, int S, int B,  // [S][B][(NH+2NKV)*HD]
+                                    const int* __restrict__ pos, const int* __restrict__ seq,  // [B]
+                                    const float* __restrict__ rope_cos,
+                                    const float* __restrict__ rope_sin,  // [max_pos][HD/2]
+                                    float* __restrict__ q,              // [B][NH][HD]
+                                    u16* __restrict__ kc, u16* __restrict__ vc,  // [pages][PAGE][NKV][HD]
+                                    const int* __restrict__ table, int max_pages,  // [seqs][max_pages]
+                                    int NH, int NKV) {
+    int b = blockIdx.x, head = blockIdx.y, i = threadIdx.x;
+    int ncol = (NH + 2 * NKV) * HD;
+    int c0 = head * HD + i, c1 = c0 + HD / 2;
+    float x0 = 0.f, x1 = 0.f;
+    for (int s = 0; s < S; s++) {
+        const float* p = part + ((size_t)s * B + b) * ncol;
+        x0 += p[c0];
+        x1 += p[c1];
+    }
+    int ps = pos[b];
+    if (head < NH + NKV) {
+        float cs = rope_cos[(size_t)ps * (HD / 2) + i], sn = rope_sin[(size_t)ps * (HD / 2) + i];
+        float y0 = x0 * cs - x1 * sn, y1 = x1 * cs + x0 * sn;
+        x0 = y0;
+        x1 = y1;
+    }
+    if (head < NH) {
+        float* qo = q + ((size_t)b * NH + head) * HD;
+        qo[i] = x0;
+        qo[i + HD / 2] = x1;
+        return;
+    }
+    int kvh = head < NH + NKV ? head - NH : head - NH - NKV;
+    int page = table[(size_t)seq[b] * max_pages + ps / PAGE];
+    size_t slot = (((size_t)page * PAGE + ps % PAGE) * NKV + kvh) * HD;
+    u16* dst = head < NH + NKV ? kc : vc;
+    dst[slot + i] = f2h(x0);
+    dst[slot + i + HD / 2] = f2h(x1);
+}
+
+// Partial attention of the GQA query heads of one KV head over positions
+// [z * SPLIT, min(pos[b] + 1, (z + 1) * SPLIT)), with its own max and sum (flash-decoding).
+// grid (B, NKV, nsplit), block 256 (8 warps, one key per warp at a time, HD/32 dims per lane).
+extern "C" __global__ void __launch_bounds__(256) attn_split(
+    const float* __restrict__ q,                                   // [B][NH][HD]
+    const u16* __restrict__ kc, const u16* __restrict__ vc,        // [pages][PAGE][NKV][HD]
+    const int* __restrict__ table, int max_pages, const int* __restrict__ pos, const int* __restrict__ seq,
+    float* __restrict__ part_o,   // [B][NH][nsplit][HD]
+    float* __restrict__ part_ml,  // [B][NH][nsplit][2]
+    int NKV, float scale) {
+    const int DPL = HD / 32;
+    __shared__ float sm[8][GQA], sl[8][GQA];
+    __shared__ float so[8][GQA][HD];
+    int b = blockIdx.x, kvh = blockIdx.y, z = blockIdx.z, nsplit = gridDim.z;
+    int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    int NH = NKV * GQA;
+    int len = pos[b] + 1;
+    int start = z * SPLIT, end = min(len, start + SPLIT);
+    float qr[GQA][DPL], m[GQA], l[GQA], acc[GQA][DPL];
+#pragma unroll
+    for (int g = 0; g < GQA; g++) {
+        const float* qp = q + ((size_t)b * NH + kvh * GQA + g) * HD + lane * DPL;
+#pragma unroll
+        for (int d = 0; d < DPL; d++) {
+            qr[g][d] = qp[d] * scale;
+            acc[g][d] = 0.f;
+        }
+        m[g] = -INFINITY;
+        l[g] = 0.f;
+    }
+    const int* tb = table + (size_t)seq[b] * max_pages;
+    for (int j = start + warp; j < end; j += 8) {
+        size_t slot = (((size_t)tb[j / PAGE] * PAGE + j % PAGE) * NKV + kvh) * HD + lane * DPL;
+        float kf[DPL], vf[DPL];
+#pragma unroll
+        for (int d = 0; d < DPL; d++) {
+            kf[d] = h2f(kc[slot + d]);
+            vf[d] = h2f(vc[slot + d]);
+        }
+#pragma unroll
+        for (int g = 0; g < GQA; g++) {
+            float s = 0.f;
+#pragma unroll
+            for (int d = 0; d < DPL; d++) s += qr[g][d] * kf[d];
+            s = warp_sum(s);
+            float mn = fmaxf(m[g], s);
+            float corr = __expf(m[g] - mn), p = __expf(s - mn);
+            l[g] = l[g] * corr + p;
+#pragma unroll
+            for (int d = 0; d < DPL; d++) acc[g][d] = acc[g][d] * corr + p * vf[d];
+            m[g] = mn;
+        }
+    }
+#pragma unroll
+    for (int g = 0; g < GQA; g++) {
+        if (lane == 0) {
+            sm[warp][g] = m[g];
+            sl[warp][g] = l[g];
+        }
+#pragma unroll
+        for (int d = 0; d < DPL; d++) so[warp][g][lane * DPL + d] = acc[g][d];
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < GQA * HD; i += 256) {
+        int g = i / HD, d = i % HD;
+        float M = -INFINITY;
+        for (int w = 0; w < 8; w++) M = fmaxf(M, sm[w][g]);
+        float L = 0.f, O = 0.f;
+        if (M != -INFINITY) {
+            for (int w = 0; w < 8; w++) {
+                float e = __expf(sm[w][g] - M);
+                L += sl[w][g] * e;
+                O += so[w][g][d] * e;
+            }
+        }
+        size_t row = ((size_t)b * NH + kvh * GQA + g) * nsplit + z;
+        part_o[row * HD + d] = O;
+        if (d == 0) {
+            part_ml[row * 2] = M;
+            part_ml[row * 2 + 1] = L;
+        }
+    }
+}
+
+// Merge the splits of each query head and write fp16 (scattered to the o_proj's sorted order
+// through inv_perm). grid (B, NH), block HD.
+extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const float* __restrict__ part_ml,
+                                        int nsplit, const int* __restrict__ pos,
+                                        const int* __restrict__ inv_perm,  // [NH*HD] or null
+                                        u16* __restrict__ out,             // [B][NH*HD]
+                                        int NH) {
+    int b = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
+    int used = min(nsplit, (pos[b] + SPLIT) / SPLIT);
+    size_t row = ((size_t)b * NH + h) * nsplit;
+    float M = -INFINITY;
+    for (int z = 0; z < used; z++) M = fmaxf(M, part_ml[(row + z) * 2]);
+    float L = 0.f, O = 0.f;
+    for (int z = 0; z < used; z++) {
+        float mz = part_ml[(row + z) * 2];
+        if (mz == -INFINITY) continue;
+        float e = __expf(mz - M);
+        L += part_ml[(row + z) * 2 + 1] * e;
+        O += part_o[(row + z) * HD + d] * e;
+    }
+    int j = h * HD + d;
+    int dst = inv_perm ? inv_perm[j] : j;
+    out[(size_t)b * NH * HD + dst] = f2h(O / L);
+}
+
+// a = silu(gate) * up from the fused gate|up partials, scattered to down_proj's sorted order.
+// grid (ceil(I / 256), B), block 256.
+extern "C" __global__ void swiglu(const float* __restrict__ part, int S, int B,  // [S][B][2I]
+                                  const int* __restrict__ inv_perm,              // [I] or null
+                                  u16* __restrict__ out,                         // [B][I]
+                                  int I) {
+    int j = blockIdx.x * 256 + threadIdx.x, b = blockIdx.y;
+    if (j >= I) return;
+    float g = 0.f, u = 0.f;
+    for (int s = 0; s < S; s++) {
+        const float* p = part + ((size_t)s * B + b) * 2 * I;
+        g += p[j];
+        u += p[I + j];
+    }
+    // As transformers in fp16: gate and up are rounded to fp16 before the activation.
+    g = h2f(f2h(g));
+    u = h2f(f2h(u));
+    float a = h2f(f2h(g / (1.f + __expf(-g)))) * u;
+    out[(size_t)b * I + (inv_perm ? inv_perm[j] : j)] = f2h(a);
+}
+
+// out[b][n] = sum_k W[n][k] x[b][k] for an fp16 row-major [N][K] weight (nn.Linear layout).
+// grid ceil(N / 8), block 256: one warp per output row, 16-byte loads. K % 8 == 0.
+#ifndef NBF
+#define NBF 1
+#endif
+extern "C" __global__ void __launch_bounds__(256) gemv_f16(const uint4* __restrict__ W, const uint4* __restrict__ x,
+                                                           float* __restrict__ out, int K, int N) {
+    int n = blockIdx.x * 8 + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (n >= N) return;
+    int K8 = K >> 3;
+    const uint4* wr = W + (size_t)n * K8;
+    float acc[NBF];
+#pragma unroll
+    for (int b = 0; b < NBF; b++) acc[b] = 0.f;
+#pragma unroll 4
+    for (int k = lane; k < K8; k += 32) {
+        uint4 wv = ld_stream(wr + k);
+        u32 ww[4] = {wv.x, wv.y, wv.z, wv.w};
+#pragma unroll
+        for (int b = 0; b < NBF; b++) {
+            uint4 xv = x[(size_t)b * K8 + k];
+            u32 xx[4] = {xv.x, xv.y, xv.z, xv.w};
+#pragma unroll
+            for (int i = 0; i < 4; i++)
+                acc[b] += h2f((u16)(ww[i] & 0xffff)) * h2f((u16)(xx[i] & 0xffff)) +
+                          h2f((u16)(ww[i] >> 16)) * h2f((u16)(xx[i] >> 16));
+        }
+    }
+#pragma unroll
+    for (int b = 0; b < NBF; b++) {
+        float v = warp_sum(acc[b]);
+        if (lane == 0) out[(size_t)b * N + n] = v;
+    }
+}
+
+// Greedy pick per row (lowest index among equal maxima, as torch.argmax); writes tok[b] and,
+// when advance is set, history[b][pos[b] + 1] and pos[b] += 1, so a captured decode step needs
+// nothing from the host. grid B, block 1024.
+extern "C" __global__ void __launch_bounds__(1024) argmax_step(const float* __restrict__ logits, int V,
+                                                               int* __restrict__ tok, int* __restrict__ pos,
+                                                               int* __restrict__ history, int hist_len,
+                                                               int advance) {
+    __shared__ float bv[32];
+    __shared__ int bi[32];
+    int b = blockIdx.x, lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const float* row = logits + (size_t)b * V;
+    float best = -INFINITY;
+    int idx = 0x7fffffff;
+    for (int i = threadIdx.x; i < V; i += blockDim.x) {
+        float v = row[i];
+        if (v > best) {
+            best = v;
+            idx = i;
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, best, o);
+        int oi = __shfl_xor_sync(0xffffffffu, idx, o);
+        if (ov > best || (ov == best && oi < idx)) {
+            best = ov;
+            idx = oi;
+        }
+    }
+    if (lane == 0) {
+        bv[warp] = best;
+        bi[warp] = idx;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        for (int w = 1; w < (int)(blockDim.x >> 5); w++)
+            if (bv[w] > best || (bv[w] == best && bi[w] < idx)) {
+                best = bv[w];
+                idx = bi[w];
+            }
+        tok[b] = idx;
+        if (advance) {
+            int p = pos[b] + 1;
+            if (history && p < hist_len) history[(size_t)b * hist_len + p] = idx;
+            pos[b] = p;
+        }
+    }
+}
+
+__device__ __forceinline__ u32 mix32(unsigned long long i, u32 seed) {
+    unsigned long long z = i * 0x9E3779B97F4A7C15ull + seed * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return (u32)(z ^ (z >> 31));
+}
+extern "C" __global__ void fill_u32(u32* p, unsigned long long n, u32 seed) {
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)gridDim.x * blockDim.x)
+        p[i] = mix32(i, seed);
+}
+// Uniform fp16 values in [lo, hi).
+extern "C" __global__ void fill_f16(u16* p, unsigned long long n, u32 seed, float lo, float hi) {
+    for (unsigned long long i = blockIdx.x * (unsigned long long)blockDim.x + threadIdx.x; i < n;
+         i += (unsigned long long)gridDim.x * blockDim.x)
+        p[i] = f2h(lo + (hi - lo) * (float)(mix32(i, seed) >> 8) * (1.f / 16777216.f));
+}

@@ -1,0 +1,819 @@
+//! The Llama forward pass on the GPU: weights (GPTQ in the kernel layout, or fp16), the
+//! per-step state (residual stream, scratch, paged KV cache, token/position arrays that the
+//! kernels advance themselves), prefill through cuBLAS and decode through the fused GEMVs, and
+//! the decode step captured as a CUDA graph.
+
+use crate::driver::{Buf, Event, Gpu, Graph};
+use crate::kernels::{gptq_dequant_on, gptq_gemv, Heads, Ops, QLinear, ATTN_SPLIT, PAGE};
+use anyhow::{bail, Context, Result};
+use std::cell::Cell;
+use std::path::Path;
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub hidden: usize,
+    pub inter: usize,
+    pub n_heads: usize,
+    pub n_kv: usize,
+    pub head_dim: usize,
+    pub n_layers: usize,
+    pub vocab: usize,
+    pub eps: f32,
+    pub rope_theta: f64,
+}
+
+impl Config {
+    /// Llama-2-70B / Meditron-70B.
+    pub fn llama_70b() -> Config {
+        Config {
+            hidden: 8192,
+            inter: 28672,
+            n_heads: 64,
+            n_kv: 8,
+            head_dim: 128,
+            n_layers: 80,
+            vocab: 32000,
+            eps: 1e-5,
+            rope_theta: 10000.0,
+        }
+    }
+    fn heads(&self) -> Heads {
+        Heads {
+            n_heads: self.n_heads,
+            n_kv: self.n_kv,
+            head_dim: self.head_dim,
+        }
+    }
+    fn qkv_cols(&self) -> usize {
+        (self.n_heads + 2 * self.n_kv) * self.head_dim
+    }
+}
+
+pub enum Linear {
+    Q(QLinear),
+    /// fp16 [N][K] (nn.Linear layout).
+    F16 {
+        w: Buf,
+        k: usize,
+        n: usize,
+    },
+}
+
+impl Linear {
+    pub fn k(&self) -> usize {
+        match self {
+            Linear::Q(q) => q.k,
+            Linear::F16 { k, .. } => *k,
+        }
+    }
+    pub fn n(&self) -> usize {
+        match self {
+            Linear::Q(q) => q.n,
+            Linear::F16 { n, .. } => *n,
+        }
+    }
+    fn perm(&self) -> u64 {
+        match self {
+            Linear::Q(q) => q.perm.as_ref().map_or(0, |p| p.ptr),
+            Linear::F16 { .. } => 0,
+        }
+    }
+    fn inv_perm(&self) -> u64 {
+        match self {
+            Linear::Q(q) => q.inv_perm.as_ref().map_or(0, |p| p.ptr),
+            Linear::F16 { .. } => 0,
+        }
+    }
+    pub fn bytes(&self) -> usize {
+        match self {
+            Linear::Q(q) => q.weight_bytes(),
+            Linear::F16 { w, .. } => w.bytes,
+        }
+    }
+    /// Most partial sums a decode GEMV writes per row.
+    fn splits(&self) -> usize {
+        match self {
+            Linear::Q(q) => q.splits(),
+            Linear::F16 { .. } => 1,
+        }
+    }
+}
+
+pub struct Layer {
+    pub attn_norm: Buf,  // [H] fp16
+    pub ffn_norm: Buf,   // [H] fp16
+    pub qkv: Linear,     // K = H, N = (NH + 2 NKV) * HD: q | k | v columns
+    pub o: Linear,       // K = NH * HD, N = H
+    pub gate_up: Linear, // K = H, N = 2 I: gate | up columns
+    pub down: Linear,    // K = I, N = H
+}
+
+pub struct Model {
+    pub cfg: Config,
+    pub embed: Buf, // [V][H] fp16
+    pub layers: Vec<Layer>,
+    pub norm: Buf,    // [H] fp16
+    pub lm_head: Buf, // [V][H] fp16
+}
+
+impl Model {
+    /// Bytes a decode step reads for weights (all layers, lm_head, one embedding row).
+    pub fn weight_bytes_per_token(&self) -> usize {
+        let l: usize = self
+            .layers
+            .iter()
+            .map(|l| {
+                l.qkv.bytes()
+                    + l.o.bytes()
+                    + l.gate_up.bytes()
+                    + l.down.bytes()
+                    + 2 * l.attn_norm.bytes
+            })
+            .sum();
+        l + self.lm_head.bytes + self.norm.bytes + self.cfg.hidden * 2
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Weights
+
+fn rand_perm(k: usize, seed: u64) -> Vec<i32> {
+    let mut s = seed.wrapping_mul(0x9E3779B97F4A7C15) | 1;
+    let mut p: Vec<i32> = (0..k as i32).collect();
+    for i in (1..k).rev() {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        p.swap(i, (s % (i as u64 + 1)) as usize);
+    }
+    p
+}
+
+fn inverse(p: &[i32]) -> Vec<i32> {
+    let mut inv = vec![0i32; p.len()];
+    for (i, &j) in p.iter().enumerate() {
+        inv[j as usize] = i as i32;
+    }
+    inv
+}
+
+/// Random GPTQ linear made on the GPU (symmetric zeros). `perm`: the act-order row permutation.
+#[allow(clippy::too_many_arguments)]
+fn synthetic_q(
+    gpu: &Gpu,
+    ops: &Ops,
+    k: usize,
+    n: usize,
+    bits: u32,
+    group: usize,
+    perm: Option<&[i32]>,
+    seed: u32,
+) -> Result<QLinear> {
+    let qw = gpu.alloc(k / 32 * bits as usize * n * 4)?;
+    ops.fill_u32(&qw, seed)?;
+    let groups = k.div_ceil(group);
+    let scales = gpu.alloc(groups * n * 2)?;
+    // Scales that keep outputs near unit size: codes are uniform, so (q - z) has std ~ 2^bits / sqrt(12).
+    let std_q = (1u64 << bits) as f32 / 12f32.sqrt();
+    let s = 1.0 / (std_q * (k as f32).sqrt());
+    ops.fill_f16(&scales, seed ^ 0x5ca1e, 0.5 * s, 1.5 * s)?;
+    let (perm, inv_perm) = match perm {
+        Some(p) => (Some(gpu.upload(p)?), Some(gpu.upload(&inverse(p))?)),
+        None => (None, None),
+    };
+    let q = QLinear {
+        qw,
+        scales,
+        zeros: None,
+        perm,
+        inv_perm,
+        k,
+        n,
+        bits,
+        group_size: group,
+    };
+    q.validate()?;
+    Ok(q)
+}
+
+/// A Llama of `cfg`'s shape with random GPTQ weights generated on the GPU (nothing read from
+/// disk): speed does not depend on the values. q/k/v and gate/up share their act-order
+/// permutation, as in real checkpoints (they see the same inputs, hence the same Hessian).
+pub fn synthetic(
+    gpu: &Gpu,
+    cfg: &Config,
+    bits: u32,
+    group_size: Option<usize>,
+    act_order: bool,
+) -> Result<Model> {
+    let ops = Ops {
+        gpu,
+        heads: cfg.heads(),
+    };
+    let (h, i) = (cfg.hidden, cfg.inter);
+    let g = |k: usize| group_size.unwrap_or(k);
+    let mut layers = Vec::with_capacity(cfg.n_layers);
+    for l in 0..cfg.n_layers {
+        let seed = 1000 + 16 * l as u32;
+        let perm = |k: usize, s: u32| act_order.then(|| rand_perm(k, s as u64));
+        let (p_qkv, p_o, p_gu, p_down) = (
+            perm(h, seed),
+            perm(cfg.n_heads * cfg.head_dim, seed + 1),
+            perm(h, seed + 2),
+            perm(i, seed + 3),
+        );
+        let norm = |s: u32| -> Result<Buf> {
+            let b = gpu.alloc(h * 2)?;
+            ops.fill_f16(&b, s, 0.9, 1.1)?;
+            Ok(b)
+        };
+        layers.push(Layer {
+            attn_norm: norm(seed + 4)?,
+            ffn_norm: norm(seed + 5)?,
+            qkv: Linear::Q(synthetic_q(
+                gpu,
+                &ops,
+                h,
+                cfg.qkv_cols(),
+                bits,
+                g(h),
+                p_qkv.as_deref(),
+                seed + 6,
+            )?),
+            o: Linear::Q(synthetic_q(
+                gpu,
+                &ops,
+                cfg.n_heads * cfg.head_dim,
+                h,
+                bits,
+                g(h),
+                p_o.as_deref(),
+                seed + 7,
+            )?),
+            gate_up: Linear::Q(synthetic_q(
+                gpu,
+                &ops,
+                h,
+                2 * i,
+                bits,
+                g(h),
+                p_gu.as_deref(),
+                seed + 8,
+            )?),
+            down: Linear::Q(synthetic_q(
+                gpu,
+                &ops,
+                i,
+                h,
+                bits,
+                g(i),
+                p_down.as_deref(),
+                seed + 9,
+            )?),
+        });
+    }
+    let embed = gpu.alloc(cfg.vocab * h * 2)?;
+    ops.fill_f16(&embed, 1, -0.05, 0.05)?;
+    let lm_head = gpu.alloc(cfg.vocab * h * 2)?;
+    ops.fill_f16(&lm_head, 2, -0.02, 0.02)?;
+    let norm = gpu.alloc(h * 2)?;
+    ops.fill_f16(&norm, 3, 0.9, 1.1)?;
+    gpu.sync()?;
+    Ok(Model {
+        cfg: cfg.clone(),
+        embed,
+        layers,
+        norm,
+        lm_head,
+    })
+}
+
+/// Loads a Hugging Face Llama directory with fp16/bf16/f32 safetensors as fp16 on the GPU.
+pub fn load_hf(gpu: &Gpu, dir: &Path) -> Result<Model> {
+    let c = formats::hf_config::LlamaConfig::from_file(&dir.join("config.json"))
+        .with_context(|| format!("reading {}/config.json", dir.display()))?;
+    if c.quantization_config.is_some() {
+        bail!(
+            "{}: GPTQ checkpoints are not loaded by the CUDA backend yet (fp16 only)",
+            dir.display()
+        );
+    }
+    let cfg = Config {
+        hidden: c.hidden_size,
+        inter: c.intermediate_size,
+        n_heads: c.num_attention_heads,
+        n_kv: c.kv_heads(),
+        head_dim: c.head_dim(),
+        n_layers: c.num_hidden_layers,
+        vocab: c.vocab_size,
+        eps: c.rms_norm_eps as f32,
+        rope_theta: c.rope_theta,
+    };
+    if c.rope_scaling.is_some() {
+        bail!(
+            "{}: rope_scaling is not supported by the CUDA backend",
+            dir.display()
+        );
+    }
+    let w = formats::safetensors::ModelWeights::open_dir(dir)
+        .with_context(|| format!("opening safetensors in {}", dir.display()))?;
+    let get = |name: &str, shape: &[usize]| -> Result<Vec<u16>> {
+        let t = w
+            .tensor(name)
+            .with_context(|| format!("{}: tensor {name} is missing", dir.display()))?;
+        if t.shape != shape {
+            bail!(
+                "{}: tensor {name} has shape {:?}, expected {shape:?}",
+                t.file.display(),
+                t.shape
+            );
+        }
+        Ok(t.to_f32_vec()
+            .with_context(|| format!("reading {name}"))?
+            .iter()
+            .map(|&x| half::f16::from_f32(x).to_bits())
+            .collect())
+    };
+    let up = |v: Vec<u16>| gpu.upload(&v);
+    let (h, i) = (cfg.hidden, cfg.inter);
+    let (qd, kvd) = (cfg.n_heads * cfg.head_dim, cfg.n_kv * cfg.head_dim);
+    let mut layers = Vec::new();
+    for l in 0..cfg.n_layers {
+        let p = format!("model.layers.{l}");
+        let mut qkv = get(&format!("{p}.self_attn.q_proj.weight"), &[qd, h])?;
+        qkv.extend(get(&format!("{p}.self_attn.k_proj.weight"), &[kvd, h])?);
+        qkv.extend(get(&format!("{p}.self_attn.v_proj.weight"), &[kvd, h])?);
+        let mut gu = get(&format!("{p}.mlp.gate_proj.weight"), &[i, h])?;
+        gu.extend(get(&format!("{p}.mlp.up_proj.weight"), &[i, h])?);
+        layers.push(Layer {
+            attn_norm: up(get(&format!("{p}.input_layernorm.weight"), &[h])?)?,
+            ffn_norm: up(get(&format!("{p}.post_attention_layernorm.weight"), &[h])?)?,
+            qkv: Linear::F16 {
+                w: up(qkv)?,
+                k: h,
+                n: qd + 2 * kvd,
+            },
+            o: Linear::F16 {
+                w: up(get(&format!("{p}.self_attn.o_proj.weight"), &[h, qd])?)?,
+                k: qd,
+                n: h,
+            },
+            gate_up: Linear::F16 {
+                w: up(gu)?,
+                k: h,
+                n: 2 * i,
+            },
+            down: Linear::F16 {
+                w: up(get(&format!("{p}.mlp.down_proj.weight"), &[h, i])?)?,
+                k: i,
+                n: h,
+            },
+        });
+    }
+    let embed = get("model.embed_tokens.weight", &[cfg.vocab, h])?;
+    let lm_head = if w.contains("lm_head.weight") {
+        get("lm_head.weight", &[cfg.vocab, h])?
+    } else {
+        embed.clone()
+    };
+    Ok(Model {
+        embed: up(embed)?,
+        layers,
+        norm: up(get("model.norm.weight", &[h])?)?,
+        lm_head: up(lm_head)?,
+        cfg,
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// State and forward
+
+/// Device buffers for up to `max_rows` prefill tokens and `batch` decode streams of up to
+/// `max_ctx` positions each.
+pub struct State {
+    pub batch: usize,
+    pub max_rows: usize,
+    pub max_ctx: usize,
+    h: Buf,                // [R][H] f32 residual stream
+    xh: Buf,               // [R][max(H, I, NH*HD)] fp16 matmul input
+    part: Buf,             // partial sums, [S][R][N] f32
+    q: Buf,                // [R][NH][HD] f32
+    part_o: Buf,           // [R][NH][nsplit][HD]
+    part_ml: Buf,          // [R][NH][nsplit][2]
+    w16: Option<[Buf; 2]>, // [K][N] fp16 dequantized weights for prefill GEMMs, double-buffered
+    pub logits: Buf,       // [B][V] f32
+    pre_tok: Buf,
+    pre_pos: Buf,
+    pre_seq: Buf, // [R] i32
+    pub dec_tok: Buf,
+    pub dec_pos: Buf,
+    dec_seq: Buf,     // [B] i32
+    pub history: Buf, // [B][max_ctx + 1] i32: token at each position
+    kc: Vec<Buf>,
+    vc: Vec<Buf>, // per layer [pages][PAGE][NKV][HD] fp16
+    table: Buf,   // [B][max_pages] i32
+    max_pages: usize,
+    cos: Buf,
+    sin: Buf, // [max_ctx][HD/2] f32
+}
+
+impl State {
+    pub fn new(
+        gpu: &Gpu,
+        m: &Model,
+        batch: usize,
+        max_rows: usize,
+        max_ctx: usize,
+    ) -> Result<State> {
+        let c = &m.cfg;
+        let rows = batch.max(max_rows);
+        let width = c.hidden.max(c.inter).max(c.n_heads * c.head_dim);
+        let mut part = 0usize;
+        let mut w16 = 0usize;
+        let mut any_q = false;
+        for l in &m.layers {
+            for lin in [&l.qkv, &l.o, &l.gate_up, &l.down] {
+                // GEMV rows: the decode batch, or a prefill chunk of up to 8 tokens.
+                let gemv_rows = batch.max(max_rows.min(8));
+                part = part
+                    .max(lin.splits() * gemv_rows * lin.n())
+                    .max(max_rows * lin.n());
+                if let Linear::Q(_) = lin {
+                    any_q = true;
+                    w16 = w16.max(lin.k() * lin.n());
+                }
+            }
+        }
+        let nsplit = max_ctx.div_ceil(ATTN_SPLIT);
+        let max_pages = max_ctx.div_ceil(PAGE);
+        let kv_bytes = batch * max_pages * PAGE * c.n_kv * c.head_dim * 2;
+        let mut kc = Vec::new();
+        let mut vc = Vec::new();
+        for _ in 0..c.n_layers {
+            kc.push(gpu.alloc(kv_bytes)?);
+            vc.push(gpu.alloc(kv_bytes)?);
+        }
+        // Identity page table: sequence s owns pages s * max_pages ...; a server would hand
+        // pages out from a free list instead.
+        let table: Vec<i32> = (0..(batch * max_pages) as i32).collect();
+        let half = c.head_dim / 2;
+        let mut cos = vec![0f32; max_ctx * half];
+        let mut sin = vec![0f32; max_ctx * half];
+        for p in 0..max_ctx {
+            for i in 0..half {
+                let f = p as f64 * c.rope_theta.powf(-((2 * i) as f64) / c.head_dim as f64);
+                cos[p * half + i] = f.cos() as f32;
+                sin[p * half + i] = f.sin() as f32;
+            }
+        }
+        let i32s = |n: usize| gpu.alloc(n * 4);
+        Ok(State {
+            batch,
+            max_rows,
+            max_ctx,
+            h: gpu.alloc(rows * c.hidden * 4)?,
+            xh: gpu.alloc(rows * width * 2)?,
+            part: gpu.alloc(part * 4)?,
+            q: gpu.alloc(rows * c.n_heads * c.head_dim * 4)?,
+            part_o: gpu.alloc(rows * c.n_heads * nsplit * c.head_dim * 4)?,
+            part_ml: gpu.alloc(rows * c.n_heads * nsplit * 2 * 4)?,
+            w16: if any_q && rows > 8 {
+                Some([gpu.alloc(w16 * 2)?, gpu.alloc(w16 * 2)?])
+            } else {
+                None
+            },
+            logits: gpu.alloc(batch * c.vocab * 4)?,
+            pre_tok: i32s(max_rows)?,
+            pre_pos: i32s(max_rows)?,
+            pre_seq: i32s(max_rows)?,
+            dec_tok: i32s(batch)?,
+            dec_pos: i32s(batch)?,
+            dec_seq: gpu.upload(&(0..batch as i32).collect::<Vec<_>>())?,
+            history: i32s(batch * (max_ctx + 1))?,
+            kc,
+            vc,
+            table: gpu.upload(&table)?,
+            max_pages,
+            cos: gpu.upload(&cos)?,
+            sin: gpu.upload(&sin)?,
+        })
+    }
+
+    /// KV cache bytes.
+    pub fn kv_bytes(&self) -> usize {
+        self.kc.iter().chain(&self.vc).map(|b| b.bytes).sum()
+    }
+}
+
+pub struct Runner<'g> {
+    pub gpu: &'g Gpu,
+    pub model: &'g Model,
+    ops: Ops<'g>,
+}
+
+impl<'g> Runner<'g> {
+    pub fn new(gpu: &'g Gpu, model: &'g Model) -> Runner<'g> {
+        Runner {
+            gpu,
+            model,
+            ops: Ops {
+                gpu,
+                heads: model.cfg.heads(),
+            },
+        }
+    }
+
+    /// x: [rows][K] fp16 -> st.part; returns the number of partial sums.
+    fn matmul(
+        &self,
+        st: &State,
+        lin: &Linear,
+        x: u64,
+        rows: usize,
+        pf: Option<&Prefetch>,
+    ) -> Result<usize> {
+        match lin {
+            Linear::Q(q) if rows <= 8 => gptq_gemv(self.gpu, q, x, st.part.ptr, rows),
+            Linear::Q(q) => {
+                let pf = pf.context("GPTQ prefill without the dequantization pipeline")?;
+                let w16 = pf.take(self)?;
+                self.gpu
+                    .gemm_f16(x, w16, st.part.ptr, rows, q.n, q.k, true)?;
+                pf.used(self)?;
+                Ok(1)
+            }
+            Linear::F16 { w, k, n } if rows <= 8 => {
+                self.ops.gemv_f16(w.ptr, x, st.part.ptr, *k, *n, rows)?;
+                Ok(1)
+            }
+            Linear::F16 { w, k, n } => {
+                self.gpu
+                    .gemm_f16(x, w.ptr, st.part.ptr, rows, *n, *k, false)?;
+                Ok(1)
+            }
+        }
+    }
+
+    /// All layers for `rows` tokens whose ids/positions/sequences are in (tok, pos, seq);
+    /// leaves the final-normed hidden states in st.xh.
+    fn layers(
+        &self,
+        st: &State,
+        rows: usize,
+        tok: u64,
+        pos: u64,
+        seq: u64,
+        nsplit: usize,
+    ) -> Result<()> {
+        let c = &self.model.cfg;
+        let ops = &self.ops;
+        let pf = match &st.w16 {
+            Some(bufs) if rows > 8 => Some(Prefetch::start(self, bufs)?),
+            _ => None,
+        };
+        let pf = pf.as_ref();
+        ops.embed(tok, self.model.embed.ptr, st.h.ptr, rows, c.hidden)?;
+        let mut s = 0;
+        for (li, l) in self.model.layers.iter().enumerate() {
+            ops.add_rmsnorm(
+                st.part.ptr,
+                s,
+                rows,
+                st.h.ptr,
+                l.attn_norm.ptr,
+                l.qkv.perm(),
+                st.xh.ptr,
+                c.hidden,
+                c.eps,
+            )?;
+            s = self.matmul(st, &l.qkv, st.xh.ptr, rows, pf)?;
+            let (kc, vc) = (st.kc[li].ptr, st.vc[li].ptr);
+            ops.qkv_rope(
+                st.part.ptr,
+                s,
+                rows,
+                pos,
+                seq,
+                st.cos.ptr,
+                st.sin.ptr,
+                st.q.ptr,
+                kc,
+                vc,
+                st.table.ptr,
+                st.max_pages,
+            )?;
+            ops.attention(
+                st.q.ptr,
+                kc,
+                vc,
+                st.table.ptr,
+                st.max_pages,
+                pos,
+                seq,
+                st.part_o.ptr,
+                st.part_ml.ptr,
+                nsplit,
+                rows,
+                l.o.inv_perm(),
+                st.xh.ptr,
+            )?;
+            s = self.matmul(st, &l.o, st.xh.ptr, rows, pf)?;
+            ops.add_rmsnorm(
+                st.part.ptr,
+                s,
+                rows,
+                st.h.ptr,
+                l.ffn_norm.ptr,
+                l.gate_up.perm(),
+                st.xh.ptr,
+                c.hidden,
+                c.eps,
+            )?;
+            s = self.matmul(st, &l.gate_up, st.xh.ptr, rows, pf)?;
+            ops.swiglu(st.part.ptr, s, rows, l.down.inv_perm(), st.xh.ptr, c.inter)?;
+            s = self.matmul(st, &l.down, st.xh.ptr, rows, pf)?;
+        }
+        ops.add_rmsnorm(
+            st.part.ptr,
+            s,
+            rows,
+            st.h.ptr,
+            self.model.norm.ptr,
+            0,
+            st.xh.ptr,
+            c.hidden,
+            c.eps,
+        )
+    }
+
+    /// One decode step for all `st.batch` streams: reads dec_tok/dec_pos, writes the greedy
+    /// next token to dec_tok and history, advances dec_pos. No host synchronization.
+    pub fn decode_step(&self, st: &State) -> Result<()> {
+        let c = &self.model.cfg;
+        let b = st.batch;
+        self.layers(
+            st,
+            b,
+            st.dec_tok.ptr,
+            st.dec_pos.ptr,
+            st.dec_seq.ptr,
+            st.max_ctx.div_ceil(ATTN_SPLIT),
+        )?;
+        if b <= 8 {
+            self.ops.gemv_f16(
+                self.model.lm_head.ptr,
+                st.xh.ptr,
+                st.logits.ptr,
+                c.hidden,
+                c.vocab,
+                b,
+            )?;
+        } else {
+            self.gpu.gemm_f16(
+                st.xh.ptr,
+                self.model.lm_head.ptr,
+                st.logits.ptr,
+                b,
+                c.vocab,
+                c.hidden,
+                false,
+            )?;
+        }
+        self.ops.argmax(
+            st.logits.ptr,
+            c.vocab,
+            b,
+            st.dec_tok.ptr,
+            st.dec_pos.ptr,
+            st.history.ptr,
+            st.max_ctx + 1,
+            true,
+        )
+    }
+
+    pub fn capture_decode(&self, st: &State) -> Result<Graph> {
+        self.gpu.capture(|| self.decode_step(st))
+    }
+
+    /// Prefill `tokens` of sequence 0 from position `start` in chunks of st.max_rows; the greedy
+    /// next token lands in dec_tok[0] / history and dec_pos[0] becomes start + len.
+    pub fn prefill(&self, st: &State, tokens: &[u32], start: usize) -> Result<()> {
+        let c = &self.model.cfg;
+        if tokens.is_empty() || start + tokens.len() > st.max_ctx {
+            bail!(
+                "prefill of {} tokens at {start} does not fit the {}-token cache",
+                tokens.len(),
+                st.max_ctx
+            );
+        }
+        let mut done = 0;
+        while done < tokens.len() {
+            let rows = (tokens.len() - done).min(st.max_rows);
+            let p0 = start + done;
+            let tok: Vec<i32> = tokens[done..done + rows]
+                .iter()
+                .map(|&t| t as i32)
+                .collect();
+            let pos: Vec<i32> = (p0..p0 + rows).map(|p| p as i32).collect();
+            self.gpu.write(&st.pre_tok, 0, &tok)?;
+            self.gpu.write(&st.pre_pos, 0, &pos)?;
+            self.gpu.write(&st.pre_seq, 0, &vec![0i32; rows])?;
+            self.layers(
+                st,
+                rows,
+                st.pre_tok.ptr,
+                st.pre_pos.ptr,
+                st.pre_seq.ptr,
+                (p0 + rows).div_ceil(ATTN_SPLIT),
+            )?;
+            done += rows;
+            if done == tokens.len() {
+                self.gpu
+                    .write(&st.dec_pos, 0, &[(start + done - 1) as i32])?;
+                let last = st.xh.ptr + ((rows - 1) * c.hidden * 2) as u64;
+                self.ops.gemv_f16(
+                    self.model.lm_head.ptr,
+                    last,
+                    st.logits.ptr,
+                    c.hidden,
+                    c.vocab,
+                    1,
+                )?;
+                self.ops.argmax(
+                    st.logits.ptr,
+                    c.vocab,
+                    1,
+                    st.dec_tok.ptr,
+                    st.dec_pos.ptr,
+                    st.history.ptr,
+                    st.max_ctx + 1,
+                    true,
+                )?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Prefill of GPTQ weights: the next linear is dequantized to fp16 on the second stream while
+/// the current one's GEMM runs (dequantization is memory-bound, the GEMM compute-bound, so they
+/// overlap), through two buffers and events, in the order the forward pass uses the linears.
+struct Prefetch<'a> {
+    lins: Vec<&'a QLinear>,
+    bufs: &'a [Buf; 2],
+    ready: [Event; 2],
+    free: [Event; 2],
+    next: Cell<usize>,
+}
+
+impl<'a> Prefetch<'a> {
+    fn start(r: &Runner<'a>, bufs: &'a [Buf; 2]) -> Result<Prefetch<'a>> {
+        let mut lins = Vec::new();
+        for l in &r.model.layers {
+            for lin in [&l.qkv, &l.o, &l.gate_up, &l.down] {
+                if let Linear::Q(q) = lin {
+                    lins.push(q);
+                }
+            }
+        }
+        let pf = Prefetch {
+            lins,
+            bufs,
+            ready: [Event::new()?, Event::new()?],
+            free: [Event::new()?, Event::new()?],
+            next: Cell::new(0),
+        };
+        // The second stream must not read weights or overwrite buffers before the main
+        // stream's earlier work: start it after everything issued so far.
+        pf.free[0].record(r.gpu, false)?;
+        pf.free[1].record(r.gpu, false)?;
+        pf.issue(r, 0)?;
+        Ok(pf)
+    }
+
+    fn issue(&self, r: &Runner, i: usize) -> Result<()> {
+        if let Some(q) = self.lins.get(i) {
+            self.free[i % 2].wait_on(r.gpu, true)?;
+            gptq_dequant_on(r.gpu, true, q, self.bufs[i % 2].ptr)?;
+            self.ready[i % 2].record(r.gpu, true)?;
+        }
+        Ok(())
+    }
+
+    /// The fp16 weight of the next linear, once dequantized; starts the one after.
+    fn take(&self, r: &Runner) -> Result<u64> {
+        let i = self.next.get();
+        self.ready[i % 2].wait_on(r.gpu, false)?;
+        self.issue(r, i + 1)?;
+        Ok(self.bufs[i % 2].ptr)
+    }
+
+    /// Marks the buffer just used by the main stream's GEMM as free after that GEMM.
+    fn used(&self, r: &Runner) -> Result<()> {
+        let i = self.next.get();
+        // Recorded on the main stream, after its GEMM.
+        self.free[i % 2].record(r.gpu, false)?;
+        self.next.set(i + 1);
+        Ok(())
+    }
+}
