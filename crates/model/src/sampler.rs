@@ -144,6 +144,20 @@ impl Sampler {
     }
 
     fn filter_and_draw(&mut self, logits: &[f32]) -> u32 {
+        self.filter(logits);
+        let r = self.rng.next_f64() as f32;
+        let mut acc = 0f32;
+        for c in self.candidates.iter() {
+            acc += c.1;
+            if r < acc {
+                return c.0;
+            }
+        }
+        self.candidates.last().map(|c| c.0).unwrap_or(0)
+    }
+
+    /// Leaves in `self.candidates` the (id, probability) pairs the filters keep.
+    fn filter(&mut self, logits: &[f32]) {
         let p = self.params.clone();
         let inv_t = 1.0 / p.temperature.max(1e-6);
         let cands = &mut self.candidates;
@@ -154,16 +168,30 @@ impl Sampler {
                 .enumerate()
                 .map(|(i, l)| (i as u32, l * inv_t)),
         );
-        // Sorting 50k logits each token is the slow part; top-k first shrinks it.
-        cands.sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+        // Sorting 50k logits every token would cost milliseconds: only the candidates a
+        // filter keeps are ordered (top-k: the k best; top-p: a head holding the mass).
+        let mut sorted = false;
         if p.top_k > 0 && p.top_k < cands.len() {
+            cands.select_nth_unstable_by(p.top_k - 1, by_logit);
             // HF keeps every token whose logit ties with the k-th.
             let kth = cands[p.top_k - 1].1;
-            let keep = cands.partition_point(|c| c.1 >= kth);
+            let mut keep = p.top_k;
+            for i in p.top_k..cands.len() {
+                if cands[i].1 >= kth {
+                    cands.swap(i, keep);
+                    keep += 1;
+                }
+            }
             cands.truncate(keep);
+            cands.sort_unstable_by(by_logit);
+            sorted = true;
         }
         softmax_pairs(cands);
         if p.top_p < 1.0 {
+            if !sorted {
+                sort_head(cands, p.top_p);
+                sorted = true;
+            }
             // Keep the smallest prefix whose mass reaches top_p (at least one token).
             let mut mass = 0f32;
             let mut keep = cands.len();
@@ -178,18 +206,32 @@ impl Sampler {
             renormalize(cands);
         }
         if p.typical_p < 1.0 {
+            if !sorted {
+                cands.sort_unstable_by(by_logit);
+            }
             typical_filter(cands, p.typical_p);
         }
-        let r = self.rng.next_f64() as f32;
-        let mut acc = 0f32;
-        for c in cands.iter() {
-            acc += c.1;
-            if r < acc {
-                return c.0;
-            }
-        }
-        cands.last().map(|c| c.0).unwrap_or(0)
     }
+}
+
+/// Descending by value, ties by id: the order every filter sees.
+fn by_logit(a: &(u32, f32), b: &(u32, f32)) -> std::cmp::Ordering {
+    b.1.total_cmp(&a.1).then(a.0.cmp(&b.0))
+}
+
+/// Orders the most probable candidates, enough of them to hold `mass`, and drops the rest
+/// (a nucleus of `mass` lies within them). Grows the head 4x at a time from 256.
+fn sort_head(c: &mut Vec<(u32, f32)>, mass: f32) {
+    let mut m = 256;
+    while m < c.len() {
+        c.select_nth_unstable_by(m - 1, by_logit);
+        if c[..m].iter().map(|x| x.1).sum::<f32>() >= mass {
+            c.truncate(m);
+            break;
+        }
+        m *= 4;
+    }
+    c.sort_unstable_by(by_logit);
 }
 
 /// Turns (id, logit) into (id, probability).
@@ -251,6 +293,97 @@ mod tests {
         };
         f(&mut p);
         Sampler::new(p)
+    }
+
+    /// The filters as first written: sort everything, then cut.
+    fn reference_filter(logits: &[f32], p: &SamplingParams) -> Vec<(u32, f32)> {
+        let inv_t = 1.0 / p.temperature.max(1e-6);
+        let mut c: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, l)| (i as u32, l * inv_t))
+            .collect();
+        c.sort_by(by_logit);
+        if p.top_k > 0 && p.top_k < c.len() {
+            let kth = c[p.top_k - 1].1;
+            let keep = c.partition_point(|x| x.1 >= kth);
+            c.truncate(keep);
+        }
+        softmax_pairs(&mut c);
+        if p.top_p < 1.0 {
+            let (mut mass, mut keep) = (0f32, c.len());
+            for (i, x) in c.iter().enumerate() {
+                mass += x.1;
+                if mass >= p.top_p {
+                    keep = i + 1;
+                    break;
+                }
+            }
+            c.truncate(keep.max(1));
+            renormalize(&mut c);
+        }
+        if p.typical_p < 1.0 {
+            typical_filter(&mut c, p.typical_p);
+        }
+        c
+    }
+
+    #[test]
+    fn partial_sorting_keeps_what_a_full_sort_keeps() {
+        let mut rng = Rng::new(7);
+        for case in 0..60 {
+            // Peaked and flat distributions, with ties (logits rounded to a coarse grid).
+            let spread = [0.5f32, 3.0, 12.0][case % 3];
+            let logits: Vec<f32> = (0..5000)
+                .map(|_| ((rng.next_f64() as f32 * spread) * 4.0).round() / 4.0)
+                .collect();
+            let (top_k, top_p, typical_p) = [
+                (40, 1.0, 1.0),
+                (0, 0.9, 1.0),
+                (50, 0.95, 1.0),
+                (0, 1.0, 0.9),
+                (0, 0.5, 1.0),
+                (3000, 0.99, 1.0),
+                (0, 1.0, 1.0),
+            ][case % 7];
+            let mut s = sampling(|p| {
+                p.top_k = top_k;
+                p.top_p = top_p;
+                p.typical_p = typical_p;
+                p.temperature = 0.7;
+            });
+            s.filter(&logits);
+            let mut got = s.candidates.clone();
+            let mut want = reference_filter(&logits, &s.params);
+            got.sort_by(by_logit);
+            want.sort_by(by_logit);
+            // The softmax sums in another order, so a nucleus cut may land one token over
+            // where the cumulative mass meets top_p to within rounding.
+            if got.len() != want.len() {
+                let short = got.len().min(want.len());
+                assert_eq!(
+                    got.len().max(want.len()),
+                    short + 1,
+                    "case {case}: kept sets differ"
+                );
+                let all = SamplingParams {
+                    top_p: 1.0,
+                    ..s.params.clone()
+                };
+                let mut full = reference_filter(&logits, &all);
+                full.sort_by(by_logit);
+                let mass: f32 = full[..short].iter().map(|x| x.1).sum();
+                assert!(
+                    (mass - top_p).abs() < 1e-4,
+                    "case {case}: cut at mass {mass}, top_p {top_p}"
+                );
+                continue;
+            }
+            for (g, w) in got.iter().zip(&want) {
+                assert_eq!(g.0, w.0, "case {case}");
+                assert!((g.1 - w.1).abs() < 1e-5, "case {case}: {g:?} vs {w:?}");
+            }
+        }
     }
 
     #[test]
