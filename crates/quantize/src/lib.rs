@@ -4,12 +4,14 @@
 //! - [`gptq`]: the algorithm on one matrix (and round-to-nearest on the same grid).
 //! - [`layer`]: one decoder layer's f32 forward for calibration, and Hessian accumulation.
 //! - [`pipeline`]: the whole model, layer by layer, true-sequential; the loss table.
+//! - [`eval`]: perplexity of f16 or GPTQ directories with the same forward (quality table).
 //! - [`data`]: calibration text (plain, JSONL, directories) and seeded token windows.
 //! - [`store`]: calibration activations in memory or spilled to disk.
 //! - [`writer`]: sharded safetensors, configs, tokenizer files.
 //! - [`linalg`]: the f32 GEMMs (faer) of the calibration forward and the Hessians.
 
 pub mod data;
+pub mod eval;
 pub mod gptq;
 pub mod layer;
 pub mod linalg;

@@ -391,7 +391,8 @@ pub fn quantize_model(o: &Options) -> Result<Summary> {
             })
             .collect::<Vec<_>>()
             .join("  ");
-        let line = format!("layer {l:>3} {secs:6.1}s  {line}");
+        let qsecs: f64 = run.reports.iter().map(|r| r.seconds).sum();
+        let line = format!("layer {l:>3} {secs:6.1}s (solve {qsecs:4.1}s)  {line}");
         if bar.is_hidden() {
             if o.progress_lines {
                 eprintln!("{line}");
