@@ -192,18 +192,7 @@ impl Sampler {
                 sort_head(cands, p.top_p);
                 sorted = true;
             }
-            // Keep the smallest prefix whose mass reaches top_p (at least one token).
-            let mut mass = 0f32;
-            let mut keep = cands.len();
-            for (i, c) in cands.iter().enumerate() {
-                mass += c.1;
-                if mass >= p.top_p {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            cands.truncate(keep.max(1));
-            renormalize(cands);
+            nucleus(cands, p.top_p);
         }
         if p.typical_p < 1.0 {
             if !sorted {
@@ -212,6 +201,22 @@ impl Sampler {
             typical_filter(cands, p.typical_p);
         }
     }
+}
+
+/// Keeps the smallest prefix of `c` (sorted by probability) whose mass reaches `top_p`, at
+/// least one token, and renormalizes.
+fn nucleus(c: &mut Vec<(u32, f32)>, top_p: f32) {
+    let mut mass = 0f32;
+    let mut keep = c.len();
+    for (i, x) in c.iter().enumerate() {
+        mass += x.1;
+        if mass >= top_p {
+            keep = i + 1;
+            break;
+        }
+    }
+    c.truncate(keep.max(1));
+    renormalize(c);
 }
 
 /// Descending by value, ties by id: the order every filter sees.
@@ -311,16 +316,7 @@ mod tests {
         }
         softmax_pairs(&mut c);
         if p.top_p < 1.0 {
-            let (mut mass, mut keep) = (0f32, c.len());
-            for (i, x) in c.iter().enumerate() {
-                mass += x.1;
-                if mass >= p.top_p {
-                    keep = i + 1;
-                    break;
-                }
-            }
-            c.truncate(keep.max(1));
-            renormalize(&mut c);
+            nucleus(&mut c, p.top_p);
         }
         if p.typical_p < 1.0 {
             typical_filter(&mut c, p.typical_p);
