@@ -95,6 +95,15 @@ impl<'a> WeightView<'a> {
                     *o = f32::from_le_bytes([c[0], c[1], c[2], c[3]]);
                 }
             }
+            WeightFormat::F16 if src.as_ptr().align_offset(2) == 0 => {
+                use half::slice::HalfFloatSliceExt;
+                // SAFETY: `src` is 2-aligned and holds `out.len()` little-endian f16 (checked
+                // by `new`). half converts 8 at a time with F16C where the CPU has it: the
+                // per-element conversion was 60% of a GPTQ model's decode (its f16 lm_head).
+                let h =
+                    unsafe { std::slice::from_raw_parts(src.as_ptr() as *const f16, out.len()) };
+                h.convert_to_f32_slice(out);
+            }
             WeightFormat::F16 => {
                 for (o, c) in out.iter_mut().zip(src.chunks_exact(2)) {
                     *o = f16::from_le_bytes([c[0], c[1]]).to_f32();
