@@ -3,12 +3,18 @@
 
 use faer::linalg::matmul::{matmul, triangular};
 use faer::{Accum, MatMut, MatRef, Par};
+use rayon::prelude::*;
 
-fn par() -> Par {
-    match rayon::current_num_threads() {
-        1 => Par::Seq,
-        n => Par::rayon(n),
-    }
+/// Row ranges for the worker threads: each runs a sequential GEMM on its rows. This avoids
+/// faer's fine-grained thread barriers, which cost ~10% of all cycles here (perf) and much more
+/// when the cores are shared with other work.
+fn row_split(rows: usize) -> Vec<(usize, usize)> {
+    let t = rayon::current_num_threads().max(1);
+    let per = rows.div_ceil(t).max(64);
+    (0..rows)
+        .step_by(per)
+        .map(|r| (r, (r + per).min(rows)))
+        .collect()
 }
 
 /// `y[rows, out] = x[rows, inp] * w[out, inp]^T` (an nn.Linear without bias), or `+=` when
@@ -18,14 +24,27 @@ pub fn linear(y: &mut [f32], x: &[f32], w: &[f32], rows: usize, inp: usize, out:
     assert_eq!(w.len(), out * inp, "linear: weight size");
     assert_eq!(y.len(), rows * out, "linear: output size");
     let accum = if add { Accum::Add } else { Accum::Replace };
-    matmul(
-        MatMut::from_row_major_slice_mut(y, rows, out),
-        accum,
-        MatRef::from_row_major_slice(x, rows, inp),
-        MatRef::from_row_major_slice(w, out, inp).transpose(),
-        1.0f32,
-        par(),
-    );
+    let wt = MatRef::from_row_major_slice(w, out, inp).transpose();
+    let parts = row_split(rows);
+    let mut ys: Vec<&mut [f32]> = Vec::new();
+    let mut rest = y;
+    for &(r0, r1) in &parts {
+        let (a, b) = rest.split_at_mut((r1 - r0) * out);
+        ys.push(a);
+        rest = b;
+    }
+    ys.into_par_iter()
+        .zip(parts.par_iter())
+        .for_each(|(yp, &(r0, r1))| {
+            matmul(
+                MatMut::from_row_major_slice_mut(yp, r1 - r0, out),
+                accum,
+                MatRef::from_row_major_slice(&x[r0 * inp..r1 * inp], r1 - r0, inp),
+                wt,
+                1.0f32,
+                Par::Seq,
+            );
+        });
 }
 
 /// Lower triangle (diagonal included) of `h[k, k] += x^T x` for `x[rows, k]`: half the work of
@@ -33,18 +52,39 @@ pub fn linear(y: &mut [f32], x: &[f32], w: &[f32], rows: usize, inp: usize, out:
 pub fn syrk_lower(h: &mut [f32], x: &[f32], rows: usize, k: usize) {
     assert_eq!(x.len(), rows * k, "syrk: input size");
     assert_eq!(h.len(), k * k, "syrk: output size");
-    let xr = MatRef::from_row_major_slice(x, rows, k);
-    triangular::matmul(
-        MatMut::from_row_major_slice_mut(h, k, k),
-        triangular::BlockStructure::TriangularLower,
-        Accum::Add,
-        xr.transpose(),
-        triangular::BlockStructure::Rectangular,
-        xr,
-        triangular::BlockStructure::Rectangular,
-        1.0f32,
-        par(),
-    );
+    let one = |dst: &mut [f32], r0: usize, r1: usize| {
+        let xr = MatRef::from_row_major_slice(&x[r0 * k..r1 * k], r1 - r0, k);
+        triangular::matmul(
+            MatMut::from_row_major_slice_mut(dst, k, k),
+            triangular::BlockStructure::TriangularLower,
+            Accum::Add,
+            xr.transpose(),
+            triangular::BlockStructure::Rectangular,
+            xr,
+            triangular::BlockStructure::Rectangular,
+            1.0f32,
+            Par::Seq,
+        );
+    };
+    let parts = row_split(rows);
+    if parts.len() <= 1 {
+        one(h, 0, rows);
+        return;
+    }
+    // One partial sum per thread, added at the end (k*k floats each).
+    let partial: Vec<Vec<f32>> = parts
+        .par_iter()
+        .map(|&(r0, r1)| {
+            let mut p = vec![0f32; k * k];
+            one(&mut p, r0, r1);
+            p
+        })
+        .collect();
+    for p in partial {
+        h.par_chunks_mut(k).zip(p.par_chunks(k)).for_each(|(a, b)| {
+            a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+        });
+    }
 }
 
 /// Copies the lower triangle of a row-major `[k, k]` matrix onto its upper triangle.
