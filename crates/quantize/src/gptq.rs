@@ -434,8 +434,7 @@ pub fn gptq(
     for (&c0, r) in starts.iter().zip(&results) {
         let c = chunk.min(n - c0);
         stats.loss += r.loss;
-        for i in 0..k {
-            let src = perm[i];
+        for (i, &src) in perm.iter().enumerate() {
             for j in 0..c {
                 out.codes[src * n + c0 + j] = r.codes[i * c + j];
                 out.dequant[(c0 + j) * k + src] = r.vals[i * c + j];

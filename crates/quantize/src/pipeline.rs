@@ -367,9 +367,9 @@ pub fn quantize_model(o: &Options) -> Result<Summary> {
             calibrate_layer(&mut run, &mut x, &mut a, &mut x0, seq, &bar)?;
         }
         let p = format!("model.layers.{l}");
-        for m in 0..7 {
-            let q = run.quantized[m].take().expect("every module quantized");
-            write_linear(&mut writer, o, &format!("{p}.{}", MODULES[m]), &q)?;
+        for (slot, name) in run.quantized.iter_mut().zip(MODULES) {
+            let q = slot.take().expect("every module quantized");
+            write_linear(&mut writer, o, &format!("{p}.{name}"), &q)?;
         }
         writer.add_f16(
             format!("{p}.input_layernorm.weight"),
