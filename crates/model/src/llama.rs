@@ -5,6 +5,7 @@
 use crate::config::ModelConfig;
 use crate::kv_cache::{KvCache, SeqId};
 use crate::weights::Matrix;
+use kernels::cpu::matmul::matmul_many;
 use kernels::cpu::ops::{rms_norm, rope, rope_inv_freq, swiglu};
 use kernels::cpu::{matmul, ThreadPool};
 
@@ -230,9 +231,17 @@ impl Llama {
             {
                 rms_norm(x, &layer.attn_norm, c.rms_eps, h);
             }
-            matmul(pool, &layer.q_proj.view(), &s.h, n, &mut s.q);
-            matmul(pool, &layer.k_proj.view(), &s.h, n, &mut s.k);
-            matmul(pool, &layer.v_proj.view(), &s.h, n, &mut s.v);
+            // One pool job for the three projections of the same input.
+            matmul_many(
+                pool,
+                &mut [
+                    (layer.q_proj.view(), &mut s.q[..]),
+                    (layer.k_proj.view(), &mut s.k[..]),
+                    (layer.v_proj.view(), &mut s.v[..]),
+                ],
+                &s.h,
+                n,
+            );
             if let Some([bq, bk, bv]) = &layer.qkv_bias {
                 add_bias(&mut s.q, bq);
                 add_bias(&mut s.k, bk);
@@ -262,8 +271,15 @@ impl Llama {
             {
                 rms_norm(x, &layer.ffn_norm, c.rms_eps, h);
             }
-            matmul(pool, &layer.gate_proj.view(), &s.h, n, &mut s.gate);
-            matmul(pool, &layer.up_proj.view(), &s.h, n, &mut s.up);
+            matmul_many(
+                pool,
+                &mut [
+                    (layer.gate_proj.view(), &mut s.gate[..]),
+                    (layer.up_proj.view(), &mut s.up[..]),
+                ],
+                &s.h,
+                n,
+            );
             swiglu(&mut s.gate, &s.up);
             matmul(pool, &layer.down_proj.view(), &s.gate, n, &mut s.out);
             add_in_place(&mut s.x, &s.out);

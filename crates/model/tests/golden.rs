@@ -71,12 +71,19 @@ fn tokenization_equals_transformers_and_llama_cpp() {
 
 /// Our matmuls quantize activations to 8 bits per block of 32 against the Q4_1/Q8_0 weights,
 /// as llama.cpp does, where transformers multiplies the dequantized weights in float32. With
-/// float activations the two agree to 0.026 (max) / 0.002 (mean) on these fixtures; with 8-bit
-/// activations we measured max 2.15 (a few logits where an outlier channel coarsens its
-/// block's step) and mean 0.146 over 5380 logits of magnitude ~30, top-1 equal at 525/538
-/// positions. The bounds leave ~20% headroom over those measurements.
-const MAX_LOGIT_DIFF: f32 = 2.6;
+/// float activations the two agree to 0.026 (max) / 0.002 (mean) on these fixtures. With 8-bit
+/// activations the error is a draw from the rounding noise: a relative change of 1e-6 in the
+/// activation scales (or a different float summation order in the kernels) re-rolls which
+/// values round up, and over 8 such draws each of the row-at-a-time and the packed kernels
+/// (benches/NOTES.md) we measured against transformers mean 0.142-0.151, max 1.4-3.3, top-1
+/// equal at 516-529/538, and against llama.cpp mean 0.156-0.172, max 1.1-3.9, top-1 515-526
+/// (llama.cpp itself agrees with transformers at 525/538, mean 0.142). The bounds cover those
+/// draws with headroom; a real error (a wrong block, scale or offset) moves the mean by far
+/// more.
+const MAX_LOGIT_DIFF: f32 = 4.5;
 const MAX_MEAN_LOGIT_DIFF: f32 = 0.18;
+/// Top-1 agreement, in percent of positions: near-ties flip between draws.
+const MIN_TOP1_PERCENT: usize = 95;
 /// Two candidates closer than this (in our logits) are a near-tie that rounding may flip.
 const NEAR_TIE: f32 = 0.5;
 
@@ -126,7 +133,7 @@ fn logits_match_transformers() {
     assert!(mean <= MAX_MEAN_LOGIT_DIFF, "mean logit difference {mean}");
     // Near-ties may flip, but almost every position must agree.
     assert!(
-        agree * 100 >= positions * 97,
+        agree * 100 >= positions * MIN_TOP1_PERCENT,
         "top-1 agrees at only {agree}/{positions}"
     );
 }
@@ -138,7 +145,7 @@ fn logits_match_llama_cpp() {
     assert!(max <= MAX_LOGIT_DIFF, "max logit difference {max}");
     assert!(mean <= MAX_MEAN_LOGIT_DIFF, "mean logit difference {mean}");
     assert!(
-        agree * 100 >= positions * 97,
+        agree * 100 >= positions * MIN_TOP1_PERCENT,
         "top-1 agrees at only {agree}/{positions}"
     );
 }

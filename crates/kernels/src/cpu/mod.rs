@@ -6,6 +6,7 @@ pub mod features;
 pub mod gptq;
 pub mod matmul;
 pub mod ops;
+pub mod packed;
 pub mod pool;
 pub mod q8;
 

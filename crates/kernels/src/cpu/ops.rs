@@ -28,11 +28,22 @@ pub fn rope_inv_freq(theta: f32, rot_dims: usize) -> Vec<f32> {
 /// Rotates each head of `x` (n_heads * head_dim values) for position `pos` in place.
 pub fn rope(x: &mut [f32], head_dim: usize, pos: usize, inv_freq: &[f32], style: RopeStyle) {
     let half = inv_freq.len();
+    // The angles are the same for every head: compute them once per call.
+    let mut table = [(0f32, 0f32); 128];
+    let mut heap = Vec::new();
+    let sc: &mut [(f32, f32)] = if half <= table.len() {
+        &mut table[..half]
+    } else {
+        heap.resize(half, (0f32, 0f32));
+        &mut heap
+    };
+    for (t, f) in sc.iter_mut().zip(inv_freq) {
+        // Angles in f64: positions up to 1e5 times frequencies near 1 lose digits in f32.
+        let (sin, cos) = (pos as f64 * *f as f64).sin_cos();
+        *t = (sin as f32, cos as f32);
+    }
     for head in x.chunks_exact_mut(head_dim) {
-        for (i, f) in inv_freq.iter().enumerate() {
-            // Angles in f64: positions up to 1e5 times frequencies near 1 lose digits in f32.
-            let (sin, cos) = (pos as f64 * *f as f64).sin_cos();
-            let (sin, cos) = (sin as f32, cos as f32);
+        for (i, &(sin, cos)) in sc.iter().enumerate() {
             let (a, b) = match style {
                 RopeStyle::Halves => (i, i + half),
                 RopeStyle::Adjacent => (2 * i, 2 * i + 1),

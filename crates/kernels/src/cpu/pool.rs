@@ -40,6 +40,9 @@ struct Shared {
     next_task: AtomicUsize,
     /// Workers currently inside the job (they have its pointer).
     inside: AtomicUsize,
+    /// Workers asleep on `wake` (changed under the `job` lock): a job wakes them only when
+    /// there are some, since the wake-up is a system call and most jobs find them spinning.
+    sleepers: AtomicUsize,
     panicked: AtomicBool,
     shutdown: AtomicBool,
 }
@@ -62,6 +65,7 @@ impl ThreadPool {
             wake: Condvar::new(),
             next_task: AtomicUsize::new(0),
             inside: AtomicUsize::new(0),
+            sleepers: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
         });
@@ -117,7 +121,11 @@ impl ThreadPool {
             *job = Some(Job { f: ptr, n_tasks });
             sh.generation.fetch_add(1, Ordering::SeqCst);
         }
-        sh.wake.notify_all();
+        // A worker that went to sleep did so under the lock before we took it above, so its
+        // count is visible here; one that had not yet sleeps no longer (it sees the change).
+        if sh.sleepers.load(Ordering::SeqCst) != 0 {
+            sh.wake.notify_all();
+        }
         let mine = catch_unwind(AssertUnwindSafe(|| claim_tasks(sh, f, n_tasks)));
         // Close the job: late workers find nothing; then wait for those still inside.
         *sh.job.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -202,7 +210,9 @@ fn worker_loop(sh: &Shared) {
             let job = sh.job.lock().unwrap_or_else(|p| p.into_inner());
             if sh.generation.load(Ordering::Acquire) == seen && !sh.shutdown.load(Ordering::Acquire)
             {
+                sh.sleepers.fetch_add(1, Ordering::SeqCst);
                 drop(sh.wake.wait_timeout(job, Duration::from_millis(100)));
+                sh.sleepers.fetch_sub(1, Ordering::SeqCst);
             }
         }
         seen = sh.generation.load(Ordering::Acquire);

@@ -10,6 +10,7 @@ use formats::{GgmlType, GgufFile};
 use kernels::cpu::dot::QuantKind;
 use kernels::cpu::matmul::WeightFormat;
 use kernels::cpu::ops::RopeStyle;
+use kernels::cpu::{packed, Features};
 use std::path::Path;
 use std::sync::Arc;
 use tokenizer::{GgufVocab, Tokenizer};
@@ -180,7 +181,42 @@ fn gguf_matrix(
     let start = info.offset as usize;
     let bytes = Bytes::new(owner.clone(), start..start + info.n_bytes)
         .map_err(|e| anyhow!("GGUF tensor '{name}': {e}"))?;
+    if let WeightFormat::Quant(kind) = format {
+        if packed::worth_packing(Features::get()) {
+            if let Some((pk, data)) = packed::pack(kind, bytes.as_slice(), rows, cols) {
+                // The file's copy is not read again: let the kernel drop its pages from
+                // this process, so the model is resident once, not twice.
+                release_pages(bytes.as_slice());
+                let bytes = Bytes::from_vec(data);
+                return Matrix::new(name, WeightFormat::Packed(pk), bytes, rows, cols)
+                    .map_err(|e| anyhow!(e));
+            }
+        }
+    }
     Matrix::new(name, format, bytes, rows, cols).map_err(|e| anyhow!(e))
+}
+
+/// Tells the kernel that the whole pages inside `bytes` (part of a read-only file mapping)
+/// will not be needed soon; they are re-read from the file if they ever are. Only lowers the
+/// resident size: failure is harmless and ignored.
+fn release_pages(bytes: &[u8]) {
+    #[cfg(target_os = "linux")]
+    {
+        extern "C" {
+            fn madvise(addr: *mut std::ffi::c_void, len: usize, advice: i32) -> i32;
+        }
+        const MADV_DONTNEED: i32 = 4;
+        const PAGE: usize = 4096;
+        let start = (bytes.as_ptr() as usize).next_multiple_of(PAGE);
+        let end = (bytes.as_ptr() as usize + bytes.len()) / PAGE * PAGE;
+        if end > start {
+            // SAFETY: the range lies inside a private read-only file mapping that outlives
+            // this call; dropping its pages cannot change what later reads see.
+            unsafe { madvise(start as *mut std::ffi::c_void, end - start, MADV_DONTNEED) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = bytes;
 }
 
 fn gguf_vector(file: &GgufFile, name: &str) -> Result<Vec<f32>> {

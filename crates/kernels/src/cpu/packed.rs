@@ -1,0 +1,661 @@
+//! Q4_0, Q4_1 and Q8_0 weights repacked at load time into 16-row groups for AVX-512 VNNI.
+//!
+//! GGUF stores each output row as a run of 32-element blocks. Reading one row at a time, a
+//! 512-bit integer dot product covers at most two blocks, and every block then needs its own
+//! scale conversion, int-to-float conversion and horizontal sum. Here 16 consecutive rows are
+//! interleaved block by block so that lane `i` of a 512-bit vector belongs to row `i`: eight
+//! `vpdpbusd` (4 elements each, the activation's 4 bytes broadcast to every lane) give the
+//! 16 rows' exact integer dot products for one block, and one conversion plus one fused
+//! multiply-add applies the 16 row scales at once. For a batch of tokens (prefill) the
+//! unpacked weights of a block are reused from registers for every token of the tile.
+//!
+//! Layout of one group of 16 rows (rows `16g..16g+16`), block after block:
+//!
+//! | format | bytes per block | content |
+//! |---|---|---|
+//! | Q4 | 320 | 16 x f16 `d`; 16 x f16 `m`; then 4 x 64 bytes: chunk `k`, lane `i` = row `i`'s GGUF nibble bytes `4k..4k+4` |
+//! | Q8 | 544 | 16 x f16 `d`; then 8 x 64 bytes: chunk `k`, lane `i` = row `i`'s 4 values `4k..4k+4`, each + 128 (as u8) |
+//!
+//! Q4 values are `q * d + m` (Q4_1 as stored; Q4_0's `(q - 8) * d` with `m = -8 d`, exact in
+//! f16); a GGUF nibble byte `j` holds element `j` (low) and `j + 16` (high), so chunk `k`
+//! masked gives elements `4k..4k+4` and shifted gives `16+4k..`. Q8 values are `(u - 128) * d`:
+//! the integer dot product starts from `-128 * sum(x)`, so it stays exact. Q4_1 and Q8_0 keep their
+//! GGUF sizes (20 and 34 bytes per row-block); Q4_0 grows from 18 to 20.
+//!
+//! The integer sums per (row, block) are the same as the row-at-a-time kernels'; only the
+//! order of the float additions differs.
+
+use super::dot::{f16_at, QuantKind};
+use super::matmul::{WeightFormat, WeightView};
+use super::pool::ThreadPool;
+use super::q8::QK;
+use super::Features;
+use half::f16;
+
+/// Rows per interleaved group: one per 32-bit lane of a 512-bit vector.
+pub const GROUP: usize = 16;
+
+/// The two packed layouts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PackedKind {
+    /// 4-bit values `q * d + m` (from Q4_0 or Q4_1).
+    Q4,
+    /// 8-bit values `q * d` (from Q8_0).
+    Q8,
+}
+
+impl PackedKind {
+    /// Bytes of one block of one row (the group holds 16 of them).
+    pub fn block_bytes(self) -> usize {
+        match self {
+            PackedKind::Q4 => 20,
+            PackedKind::Q8 => 34,
+        }
+    }
+
+    fn group_block_bytes(self) -> usize {
+        self.block_bytes() * GROUP
+    }
+}
+
+/// Whether weights should be repacked on this CPU: the packed kernels want AVX-512 VNNI
+/// (elsewhere the row-at-a-time kernels are faster than the portable packed one).
+/// `MEDITRON_NO_PACK=1` keeps the file's layout (for comparisons).
+pub fn worth_packing(feat: Features) -> bool {
+    feat.avx512_vnni && std::env::var_os("MEDITRON_NO_PACK").is_none()
+}
+
+/// Repacks GGUF rows (`rows` x `cols`, `kind` blocks) into 16-row groups; None when the shape
+/// does not allow it (rows not a multiple of 16) or a Q4_0 offset would overflow f16.
+pub fn pack(
+    kind: QuantKind,
+    data: &[u8],
+    rows: usize,
+    cols: usize,
+) -> Option<(PackedKind, Vec<u8>)> {
+    if rows == 0 || !rows.is_multiple_of(GROUP) || !cols.is_multiple_of(QK) {
+        return None;
+    }
+    let nb = cols / QK;
+    let src_bb = kind.block_bytes();
+    if data.len() != rows * nb * src_bb {
+        return None;
+    }
+    let pk = match kind {
+        QuantKind::Q4_0 | QuantKind::Q4_1 => PackedKind::Q4,
+        QuantKind::Q8_0 => PackedKind::Q8,
+    };
+    let gbb = pk.group_block_bytes();
+    let mut out = vec![0u8; rows * nb * pk.block_bytes()];
+    for g in 0..rows / GROUP {
+        for b in 0..nb {
+            let dst = &mut out[(g * nb + b) * gbb..(g * nb + b + 1) * gbb];
+            for i in 0..GROUP {
+                let r = g * GROUP + i;
+                let src = &data[(r * nb + b) * src_bb..(r * nb + b + 1) * src_bb];
+                match kind {
+                    QuantKind::Q4_0 => {
+                        let d = f16::from_le_bytes([src[0], src[1]]);
+                        let m = f16::from_f32(-8.0 * d.to_f32());
+                        if !m.is_finite() || m.to_f32() != -8.0 * d.to_f32() {
+                            return None;
+                        }
+                        dst[2 * i..2 * i + 2].copy_from_slice(&src[0..2]);
+                        dst[32 + 2 * i..34 + 2 * i].copy_from_slice(&m.to_le_bytes());
+                        put_q4_nibbles(dst, i, &src[2..18]);
+                    }
+                    QuantKind::Q4_1 => {
+                        dst[2 * i..2 * i + 2].copy_from_slice(&src[0..2]);
+                        dst[32 + 2 * i..34 + 2 * i].copy_from_slice(&src[2..4]);
+                        put_q4_nibbles(dst, i, &src[4..20]);
+                    }
+                    QuantKind::Q8_0 => {
+                        dst[2 * i..2 * i + 2].copy_from_slice(&src[0..2]);
+                        for k in 0..8 {
+                            for j in 0..4 {
+                                let v = src[2 + 4 * k + j] as i8;
+                                dst[32 + 64 * k + 4 * i + j] = (v as i16 + 128) as u8;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Some((pk, out))
+}
+
+fn put_q4_nibbles(dst: &mut [u8], lane: usize, qs: &[u8]) {
+    for k in 0..4 {
+        dst[64 + 64 * k + 4 * lane..64 + 64 * k + 4 * lane + 4]
+            .copy_from_slice(&qs[4 * k..4 * k + 4]);
+    }
+}
+
+/// Row `r` of a packed matrix expanded to f32 (`out.len()` = cols).
+pub fn dequantize_row(kind: PackedKind, data: &[u8], rows: usize, r: usize, out: &mut [f32]) {
+    let nb = out.len() / QK;
+    let gbb = kind.group_block_bytes();
+    let (g, i) = (r / GROUP, r % GROUP);
+    debug_assert!(r < rows);
+    for (b, o) in out.chunks_exact_mut(QK).enumerate() {
+        let blk = &data[(g * nb + b) * gbb..(g * nb + b + 1) * gbb];
+        let d = f16_at(blk, 2 * i);
+        match kind {
+            PackedKind::Q4 => {
+                let m = f16_at(blk, 32 + 2 * i);
+                for e in 0..QK / 2 {
+                    let byte = blk[64 + 64 * (e / 4) + 4 * i + e % 4];
+                    o[e] = (byte & 0x0F) as f32 * d + m;
+                    o[e + QK / 2] = (byte >> 4) as f32 * d + m;
+                }
+            }
+            PackedKind::Q8 => {
+                for (e, v) in o.iter_mut().enumerate() {
+                    let u = blk[32 + 64 * (e / 4) + 4 * i + e % 4];
+                    *v = (u as i32 - 128) as f32 * d;
+                }
+            }
+        }
+    }
+}
+
+/// Activations of `n` tokens quantized to 8 bits per block of 32, split by field so the
+/// kernels can broadcast 4 bytes at a time: `qs` (n, cols), `d` and `isum` (n, cols / 32).
+struct Activations {
+    qs: Vec<i8>,
+    d: Vec<f32>,
+    isum: Vec<i32>,
+}
+
+impl Activations {
+    /// The same rounding as [`super::q8::quantize_row`] (and llama.cpp's Q8 activations), bit
+    /// for bit; rows are split over the pool when there are many (prefill).
+    fn quantize(pool: &ThreadPool, x: &[f32], cols: usize, simd: bool) -> Activations {
+        let blocks = x.len() / QK;
+        let mut a = Activations {
+            qs: vec![0; x.len()],
+            d: vec![0.0; blocks],
+            isum: vec![0; blocks],
+        };
+        let n = x.len() / cols.max(1);
+        let nb = cols / QK;
+        let (qs, d, isum) = (
+            SharedPtr(a.qs.as_mut_ptr()),
+            SharedPtr(a.d.as_mut_ptr()),
+            SharedPtr(a.isum.as_mut_ptr()),
+        );
+        let rows = |r: std::ops::Range<usize>| {
+            let (b0, b1) = (r.start * nb, r.end * nb);
+            // SAFETY: each task owns the blocks of its rows in all three arrays.
+            let (qs, d, isum) = unsafe {
+                (
+                    std::slice::from_raw_parts_mut(qs.get().add(b0 * QK), (b1 - b0) * QK),
+                    std::slice::from_raw_parts_mut(d.get().add(b0), b1 - b0),
+                    std::slice::from_raw_parts_mut(isum.get().add(b0), b1 - b0),
+                )
+            };
+            let xs = &x[b0 * QK..b1 * QK];
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: `simd` is set only when the CPU has AVX-512.
+                unsafe { vnni::quantize(xs, qs, d, isum) };
+                return;
+            }
+            let _ = simd;
+            quantize_portable(xs, qs, d, isum);
+        };
+        // Below a few rows the hand-off costs more than the work.
+        if n >= 8 {
+            pool.for_ranges(n, 1, rows);
+        } else {
+            rows(0..n);
+        }
+        a
+    }
+}
+
+fn quantize_portable(x: &[f32], qs: &mut [i8], d: &mut [f32], isum: &mut [i32]) {
+    for (b, xb) in x.chunks_exact(QK).enumerate() {
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let db = amax / 127.0;
+        let inv = if db == 0.0 { 0.0 } else { 1.0 / db };
+        let mut sum = 0i32;
+        for (q, v) in qs[b * QK..(b + 1) * QK].iter_mut().zip(xb) {
+            // round() is to nearest, ties away from zero, like llama.cpp's roundf.
+            let r = (v * inv).round() as i32;
+            *q = r as i8;
+            sum += r;
+        }
+        d[b] = db;
+        isum[b] = sum;
+    }
+}
+
+/// A raw pointer that threads may share because each writes disjoint elements.
+#[derive(Clone, Copy)]
+struct SharedPtr<T>(*mut T);
+unsafe impl<T> Send for SharedPtr<T> {}
+unsafe impl<T> Sync for SharedPtr<T> {}
+impl<T> SharedPtr<T> {
+    /// A method, so closures capture the whole (Sync) wrapper rather than its raw field.
+    fn get(self) -> *mut T {
+        self.0
+    }
+}
+
+/// A raw pointer that threads may share because each writes disjoint elements.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// Tokens per kernel call in prefill: the 8 unpacked weight vectors stay in registers across
+/// them, next to two accumulators per token.
+const TOKEN_TILE: usize = 4;
+
+/// `y[t, r] = sum_k x[t, k] * W[r, k]` for a packed `w`; x is (n, cols), y is (n, rows).
+pub fn matmul(
+    pool: &ThreadPool,
+    feat: Features,
+    kind: PackedKind,
+    w: &WeightView,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) {
+    let _ = kind;
+    matmul_many(pool, feat, &mut [(*w, y)], x, n);
+}
+
+/// Several packed matrices with the same input width applied to the same activations in
+/// one pool job (the activations are quantized once and the threads synchronize once):
+/// `ys[j] = x W_j^T`, each (n, rows_j).
+pub fn matmul_many(
+    pool: &ThreadPool,
+    feat: Features,
+    jobs: &mut [(WeightView, &mut [f32])],
+    x: &[f32],
+    n: usize,
+) {
+    let Some(cols) = jobs.first().map(|(w, _)| w.cols) else {
+        return;
+    };
+    let nb = cols / QK;
+    assert_eq!(x.len(), n * cols, "matmul: x is not (n, cols)");
+    // (kind, data, rows, out, first group index of this matrix)
+    let mut mats = Vec::with_capacity(jobs.len());
+    let mut groups = 0;
+    for (w, y) in jobs.iter_mut() {
+        let WeightFormat::Packed(kind) = w.format else {
+            panic!("packed::matmul_many on {:?} weights", w.format);
+        };
+        assert_eq!(w.cols, cols, "matmul_many: input widths differ");
+        assert_eq!(y.len(), n * w.rows, "matmul: y is not (n, rows)");
+        mats.push((kind, w.data, w.rows, SharedOut(y.as_mut_ptr()), groups));
+        groups += w.rows / GROUP;
+    }
+    let simd = cfg!(target_arch = "x86_64") && feat.avx512_vnni;
+    let act = Activations::quantize(pool, x, cols, simd);
+    pool.for_ranges(groups, 1, |range| {
+        for gg in range {
+            let m = mats
+                .iter()
+                .rposition(|m| m.4 <= gg)
+                .expect("group 0 exists");
+            let (kind, data, rows, out, first) = mats[m];
+            let g = gg - first;
+            let gbb = kind.group_block_bytes();
+            let wg = &data[g * nb * gbb..(g + 1) * nb * gbb];
+            let mut t = 0;
+            while t < n {
+                let tile = (n - t).min(TOKEN_TILE);
+                let toks = t..t + tile;
+                let mut res = [[0f32; GROUP]; TOKEN_TILE];
+                if simd {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: the CPU has AVX-512 VNNI; `wg` holds `nb` group-blocks and every
+                    // activation row `nb` blocks.
+                    unsafe {
+                        vnni::group(kind, wg, nb, &act, toks.clone(), &mut res)
+                    };
+                } else {
+                    portable_group(kind, wg, nb, &act, toks.clone(), &mut res);
+                }
+                for (j, tok) in toks.enumerate() {
+                    // SAFETY: rows 16g..16g+16 of token `tok` in this output belong to this
+                    // task alone, and the output is (n, rows).
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            res[j].as_ptr(),
+                            out.0.add(tok * rows + g * GROUP),
+                            GROUP,
+                        )
+                    };
+                }
+                t += tile;
+            }
+        }
+    });
+}
+
+/// The portable kernel: the same integer sums, one element at a time.
+fn portable_group(
+    kind: PackedKind,
+    wg: &[u8],
+    nb: usize,
+    act: &Activations,
+    toks: std::ops::Range<usize>,
+    res: &mut [[f32; GROUP]; TOKEN_TILE],
+) {
+    let gbb = kind.group_block_bytes();
+    for (j, t) in toks.enumerate() {
+        for i in 0..GROUP {
+            let mut sum = 0f32;
+            let mut off = 0f32;
+            for b in 0..nb {
+                let blk = &wg[b * gbb..(b + 1) * gbb];
+                let xq = &act.qs[(t * nb + b) * QK..(t * nb + b + 1) * QK];
+                let (dx, isum) = (act.d[t * nb + b], act.isum[t * nb + b]);
+                let d = f16_at(blk, 2 * i);
+                let mut acc = 0i32;
+                match kind {
+                    PackedKind::Q4 => {
+                        for e in 0..QK / 2 {
+                            let byte = blk[64 + 64 * (e / 4) + 4 * i + e % 4];
+                            acc += (byte & 0x0F) as i32 * xq[e] as i32;
+                            acc += (byte >> 4) as i32 * xq[e + QK / 2] as i32;
+                        }
+                        off += f16_at(blk, 32 + 2 * i) * dx * isum as f32;
+                    }
+                    PackedKind::Q8 => {
+                        acc = -128 * isum;
+                        for (e, &xv) in xq.iter().enumerate() {
+                            let u = blk[32 + 64 * (e / 4) + 4 * i + e % 4];
+                            acc += u as i32 * xv as i32;
+                        }
+                    }
+                }
+                sum += d * dx * acc as f32;
+            }
+            res[j][i] = sum + off;
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // index loops over registers read best here
+mod vnni {
+    use super::{Activations, PackedKind, GROUP, QK, TOKEN_TILE};
+
+    use std::arch::x86_64::*;
+
+    /// One group of 16 rows against the tokens `toks` (at most [`TOKEN_TILE`]).
+    /// # Safety
+    /// The CPU has AVX-512 F/BW/VNNI and F16C; `wg` holds `nb` packed group-blocks of `kind`
+    /// and every activation row of `act` holds `nb` blocks.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn group(
+        kind: PackedKind,
+        wg: &[u8],
+        nb: usize,
+        act: &Activations,
+        toks: std::ops::Range<usize>,
+        res: &mut [[f32; GROUP]; TOKEN_TILE],
+    ) {
+        macro_rules! go {
+            ($f:ident, $n:literal) => {{
+                let v = $f::<$n>(wg.as_ptr(), nb, act, toks.start);
+                for j in 0..$n {
+                    _mm512_storeu_ps(res[j].as_mut_ptr(), v[j]);
+                }
+            }};
+        }
+        match (kind, toks.len()) {
+            (PackedKind::Q4, 4) => go!(q4, 4),
+            (PackedKind::Q4, 3) => go!(q4, 3),
+            (PackedKind::Q4, 2) => go!(q4, 2),
+            (PackedKind::Q4, _) => go!(q4, 1),
+            (PackedKind::Q8, 4) => go!(q8, 4),
+            (PackedKind::Q8, 3) => go!(q8, 3),
+            (PackedKind::Q8, 2) => go!(q8, 2),
+            (PackedKind::Q8, _) => go!(q8, 1),
+        }
+    }
+
+    /// [`super::quantize_portable`] with AVX-512, bit for bit: the same max, the same scale
+    /// and reciprocal, and rounding half away from zero built from truncation.
+    /// # Safety
+    /// The CPU has AVX-512 F/BW; slices hold `x.len() / 32` blocks.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    pub(super) unsafe fn quantize(x: &[f32], qs: &mut [i8], d: &mut [f32], isum: &mut [i32]) {
+        let abs_mask = _mm512_set1_epi32(0x7FFF_FFFF);
+        let half = _mm512_set1_ps(0.5);
+        let one = _mm512_set1_ps(1.0);
+        for b in 0..x.len() / QK {
+            let p = x.as_ptr().add(b * QK);
+            let v = [_mm512_loadu_ps(p), _mm512_loadu_ps(p.add(16))];
+            let abs =
+                |v: __m512| _mm512_castsi512_ps(_mm512_and_si512(_mm512_castps_si512(v), abs_mask));
+            let amax = _mm512_reduce_max_ps(_mm512_max_ps(abs(v[0]), abs(v[1])));
+            let db = amax / 127.0;
+            let inv = _mm512_set1_ps(if db == 0.0 { 0.0 } else { 1.0 / db });
+            let mut sum = _mm512_setzero_si512();
+            for (h, &vh) in v.iter().enumerate() {
+                let s = _mm512_mul_ps(vh, inv);
+                // trunc(s), plus one step away from zero where |s - trunc(s)| >= 0.5.
+                let t = _mm512_roundscale_ps(s, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+                let frac = abs(_mm512_sub_ps(s, t));
+                let up = _mm512_cmp_ps_mask(frac, half, _CMP_GE_OQ);
+                let step = _mm512_or_ps(
+                    one,
+                    _mm512_castsi512_ps(_mm512_andnot_si512(abs_mask, _mm512_castps_si512(s))),
+                );
+                let r = _mm512_cvttps_epi32(_mm512_mask_add_ps(t, up, t, step));
+                sum = _mm512_add_epi32(sum, r);
+                _mm_storeu_si128(
+                    qs.as_mut_ptr().add(b * QK + 16 * h) as *mut __m128i,
+                    _mm512_cvtepi32_epi8(r),
+                );
+            }
+            d[b] = db;
+            isum[b] = _mm512_reduce_add_epi32(sum);
+        }
+    }
+
+    /// The 4 activation bytes `4k..4k+4` of a block, in every lane.
+    #[inline(always)]
+    unsafe fn bcast(xq: *const i8, k: usize) -> __m512i {
+        _mm512_set1_epi32((xq.add(4 * k) as *const i32).read_unaligned())
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn q4<const N: usize>(
+        w: *const u8,
+        nb: usize,
+        act: &Activations,
+        t0: usize,
+    ) -> [__m512; N] {
+        let mask = _mm512_set1_epi8(0x0F);
+        // Even and odd blocks in separate sums: two dependency chains instead of one.
+        let mut sum = [[_mm512_setzero_ps(); N]; 2];
+        let mut off = [_mm512_setzero_ps(); N];
+        for b in 0..nb {
+            let p = w.add(b * 320);
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+            let m = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i));
+            let mut lo = [_mm512_setzero_si512(); 4];
+            let mut hi = [_mm512_setzero_si512(); 4];
+            for k in 0..4 {
+                let raw = _mm512_loadu_si512(p.add(64 + 64 * k) as *const _);
+                lo[k] = _mm512_and_si512(raw, mask);
+                hi[k] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
+            }
+            for j in 0..N {
+                let blk = (t0 + j) * nb + b;
+                let xq = act.qs.as_ptr().add(blk * QK);
+                // Two independent chains of four, so the dot product latency overlaps.
+                let mut a = _mm512_setzero_si512();
+                let mut c = _mm512_setzero_si512();
+                for k in 0..4 {
+                    a = _mm512_dpbusd_epi32(a, lo[k], bcast(xq, k));
+                    c = _mm512_dpbusd_epi32(c, hi[k], bcast(xq, 4 + k));
+                }
+                let dx = _mm512_set1_ps(*act.d.get_unchecked(blk));
+                let isum = _mm512_set1_ps(*act.isum.get_unchecked(blk) as f32);
+                let i = _mm512_cvtepi32_ps(_mm512_add_epi32(a, c));
+                sum[b % 2][j] = _mm512_fmadd_ps(i, _mm512_mul_ps(d, dx), sum[b % 2][j]);
+                off[j] = _mm512_fmadd_ps(_mm512_mul_ps(m, dx), isum, off[j]);
+            }
+        }
+        std::array::from_fn(|j| _mm512_add_ps(_mm512_add_ps(sum[0][j], sum[1][j]), off[j]))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn q8<const N: usize>(
+        w: *const u8,
+        nb: usize,
+        act: &Activations,
+        t0: usize,
+    ) -> [__m512; N] {
+        let mut sum = [[_mm512_setzero_ps(); N]; 2];
+        for b in 0..nb {
+            let p = w.add(b * 544);
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+            let mut wv = [_mm512_setzero_si512(); 8];
+            for (k, v) in wv.iter_mut().enumerate() {
+                *v = _mm512_loadu_si512(p.add(32 + 64 * k) as *const _);
+            }
+            for j in 0..N {
+                let blk = (t0 + j) * nb + b;
+                let xq = act.qs.as_ptr().add(blk * QK);
+                // Weights are stored + 128: start from -128 * sum(x) to keep the sum exact.
+                let mut a = _mm512_set1_epi32(-128 * *act.isum.get_unchecked(blk));
+                let mut c = _mm512_setzero_si512();
+                for k in 0..4 {
+                    a = _mm512_dpbusd_epi32(a, wv[k], bcast(xq, k));
+                    c = _mm512_dpbusd_epi32(c, wv[4 + k], bcast(xq, 4 + k));
+                }
+                let dx = _mm512_set1_ps(*act.d.get_unchecked(blk));
+                let i = _mm512_cvtepi32_ps(_mm512_add_epi32(a, c));
+                sum[b % 2][j] = _mm512_fmadd_ps(i, _mm512_mul_ps(d, dx), sum[b % 2][j]);
+            }
+        }
+        std::array::from_fn(|j| _mm512_add_ps(sum[0][j], sum[1][j]))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpu::dot::tests::{dequantize, random_blocks, Rng};
+
+    #[test]
+    fn dequantized_rows_equal_the_gguf_rows() {
+        let mut rng = Rng::new(21);
+        for kind in [QuantKind::Q4_0, QuantKind::Q4_1, QuantKind::Q8_0] {
+            let (rows, cols) = (32, 96);
+            let data = random_blocks(kind, rows * cols / QK, &mut rng);
+            let want = dequantize(kind, &data);
+            let (pk, packed) = pack(kind, &data, rows, cols).expect("packable");
+            assert_eq!(packed.len(), rows * cols / QK * pk.block_bytes());
+            let mut row = vec![0f32; cols];
+            for r in 0..rows {
+                dequantize_row(pk, &packed, rows, r, &mut row);
+                assert_eq!(row, want[r * cols..(r + 1) * cols], "{kind:?} row {r}");
+            }
+        }
+    }
+
+    #[test]
+    fn activation_quantization_equals_the_row_quantizer_bit_for_bit() {
+        let pool = ThreadPool::new(2);
+        let mut rng = Rng::new(9);
+        let cols = 96;
+        for n in [1usize, 3, 17] {
+            let mut x: Vec<f32> = (0..n * cols).map(|_| rng.f32() * 3.0).collect();
+            // Exact ties at +-0.5 steps, zeros, and an all-zero block.
+            x[0] = 127.0;
+            x[1] = 0.5;
+            x[2] = -0.5;
+            x[3] = 1.5;
+            x[4] = -2.5;
+            x[5] = 0.0;
+            x[32..64].fill(0.0);
+            let mut want = vec![crate::cpu::q8::BlockQ8::default(); n * cols / QK];
+            crate::cpu::q8::quantize_row(&x, &mut want);
+            for simd in [false, Features::get().avx512_vnni] {
+                let a = Activations::quantize(&pool, &x, cols, simd);
+                for (b, w) in want.iter().enumerate() {
+                    assert_eq!(a.d[b].to_bits(), w.d.to_bits(), "simd {simd} block {b}");
+                    assert_eq!(a.isum[b], w.isum, "simd {simd} block {b}");
+                    assert_eq!(a.qs[b * QK..(b + 1) * QK], w.qs, "simd {simd} block {b}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shapes_that_do_not_pack_are_refused() {
+        let mut rng = Rng::new(2);
+        let data = random_blocks(QuantKind::Q4_1, 8, &mut rng);
+        assert!(pack(QuantKind::Q4_1, &data, 8, 32).is_none());
+        assert!(pack(QuantKind::Q4_1, &data[..20], 16, 32).is_none());
+    }
+
+    /// Every path against the plain float product of the dequantized weights, and the SIMD
+    /// path against the portable one (same integer sums, float order only).
+    #[test]
+    fn packed_matmul_matches_reference() {
+        let pool = ThreadPool::new(3);
+        let mut rng = Rng::new(17);
+        for kind in [QuantKind::Q4_0, QuantKind::Q4_1, QuantKind::Q8_0] {
+            for (rows, cols, n) in [(16, 32, 1), (48, 576, 7), (64, 96, 4)] {
+                let data = random_blocks(kind, rows * cols / QK, &mut rng);
+                let wf = dequantize(kind, &data);
+                let x: Vec<f32> = (0..n * cols).map(|_| rng.f32()).collect();
+                let (pk, packed) = pack(kind, &data, rows, cols).unwrap();
+                let view = WeightView::new(
+                    crate::cpu::matmul::WeightFormat::Packed(pk),
+                    &packed,
+                    rows,
+                    cols,
+                )
+                .unwrap();
+                let mut portable = vec![f32::NAN; n * rows];
+                matmul(&pool, Features::PORTABLE, pk, &view, &x, n, &mut portable);
+                let mut feats = vec![];
+                if Features::get().avx512_vnni {
+                    feats.push(Features::get());
+                }
+                for t in 0..n {
+                    for r in 0..rows {
+                        let xr = &x[t * cols..(t + 1) * cols];
+                        let wr = &wf[r * cols..(r + 1) * cols];
+                        let exact: f32 = xr.iter().zip(wr).map(|(a, b)| a * b).sum();
+                        let scale: f32 = xr.iter().zip(wr).map(|(a, b)| (a * b).abs()).sum();
+                        let got = portable[t * rows + r];
+                        assert!(
+                            (got - exact).abs() <= 0.01 * scale + 1e-4,
+                            "{kind:?} portable [{t},{r}]: {got} vs {exact}"
+                        );
+                    }
+                }
+                for feat in feats {
+                    let mut y = vec![f32::NAN; n * rows];
+                    matmul(&pool, feat, pk, &view, &x, n, &mut y);
+                    for (i, (g, p)) in y.iter().zip(&portable).enumerate() {
+                        let (t, r) = (i / rows, i % rows);
+                        let scale: f32 = (0..cols)
+                            .map(|k| (x[t * cols + k] * wf[r * cols + k]).abs())
+                            .sum();
+                        assert!(
+                            (g - p).abs() <= 1e-5 * scale + 1e-5,
+                            "{kind:?} simd [{t},{r}]: {g} vs portable {p}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
