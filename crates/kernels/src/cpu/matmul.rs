@@ -3,6 +3,7 @@
 
 use super::dot::{self, QuantKind};
 use super::gptq::{self, GptqFormat};
+use super::packed::{self, PackedKind};
 use super::pool::ThreadPool;
 use super::q8::{quantize_row, BlockQ8, QK};
 use super::Features;
@@ -15,6 +16,8 @@ pub enum WeightFormat {
     Quant(QuantKind),
     /// GPTQ weights repacked by [`gptq::repack`]; inputs permuted by [`WeightView::perm`].
     Gptq(GptqFormat),
+    /// Q4_0/Q4_1/Q8_0 rows interleaved 16 at a time by [`packed::pack`] (AVX-512 VNNI).
+    Packed(PackedKind),
     F32,
     F16,
     BF16,
@@ -32,6 +35,7 @@ impl WeightFormat {
         let (elems, bytes) = match *self {
             WeightFormat::Quant(k) => (QK, k.block_bytes()),
             WeightFormat::Gptq(g) => (QK, g.block_bytes()),
+            WeightFormat::Packed(k) => (QK, k.block_bytes()),
             WeightFormat::F32 => (1, 4),
             WeightFormat::F16 | WeightFormat::BF16 => (1, 2),
             WeightFormat::Blocks {
@@ -66,6 +70,12 @@ impl<'a> WeightView<'a> {
         let row_bytes = format
             .row_bytes(cols)
             .ok_or_else(|| format!("{cols} columns is not a whole number of {format:?} blocks"))?;
+        if matches!(format, WeightFormat::Packed(_)) && !rows.is_multiple_of(packed::GROUP) {
+            return Err(format!(
+                "{rows} rows is not a whole number of {}-row packed groups",
+                packed::GROUP
+            ));
+        }
         match row_bytes.checked_mul(rows) {
             Some(n) if n == data.len() => Ok(WeightView {
                 format,
@@ -88,6 +98,9 @@ impl<'a> WeightView<'a> {
 
     /// Row `r` expanded to f32 into `out` (length `cols`).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        if let WeightFormat::Packed(k) = self.format {
+            return packed::dequantize_row(k, self.data, self.rows, r, out);
+        }
         let src = self.row(r);
         match self.format {
             WeightFormat::F32 => {
@@ -104,6 +117,7 @@ impl<'a> WeightView<'a> {
             }
             WeightFormat::Blocks { dequantize, .. } => dequantize(src, out),
             WeightFormat::Gptq(g) => gptq::dequantize_row(g, src, self.perm, out),
+            WeightFormat::Packed(_) => unreachable!("handled above"),
             // The reference dequantizer; sizes were checked when the view was built.
             WeightFormat::Quant(kind) => drop(formats::dequantize(kind.ggml_type(), src, out)),
         }
@@ -134,6 +148,23 @@ pub fn matmul(pool: &ThreadPool, w: &WeightView, x: &[f32], n: usize, y: &mut [f
     matmul_with(pool, Features::get(), w, x, n, y)
 }
 
+/// Several matrices with the same input width applied to the same activations,
+/// `jobs[j].1 = x W_j^T` (each (n, rows_j)): one pool job and one activation quantization
+/// when they are all packed (Q/K/V, gate/up), else one [`matmul`] each.
+pub fn matmul_many(pool: &ThreadPool, jobs: &mut [(WeightView, &mut [f32])], x: &[f32], n: usize) {
+    let feat = Features::get();
+    let cols = jobs.first().map_or(0, |(w, _)| w.cols);
+    if jobs
+        .iter()
+        .all(|(w, _)| matches!(w.format, WeightFormat::Packed(_)) && w.cols == cols)
+    {
+        return packed::matmul_many(pool, feat, jobs, x, n);
+    }
+    for (w, y) in jobs.iter_mut() {
+        matmul_with(pool, feat, w, x, n, y);
+    }
+}
+
 /// [`matmul`] with the instruction sets given explicitly (tests compare the paths).
 pub fn matmul_with(
     pool: &ThreadPool,
@@ -147,6 +178,9 @@ pub fn matmul_with(
     assert_eq!(y.len(), n * w.rows, "matmul: y is not (n, rows)");
     if let WeightFormat::Gptq(g) = w.format {
         return gptq::matmul(pool, feat, g, w, x, n, y);
+    }
+    if let WeightFormat::Packed(k) = w.format {
+        return packed::matmul(pool, feat, k, w, x, n, y);
     }
     let out = SharedOut(y.as_mut_ptr());
     let rows = w.rows;
