@@ -91,11 +91,16 @@ pub fn run(
         }
         let ms = median(t);
         pp = Some(o.n_prompt as f64 / ms * 1e3);
+        runner.only_matmuls.set(true);
+        let mm = gpu.time(|| runner.prefill(&st, &tokens, 0));
+        runner.only_matmuls.set(false);
+        let mm = mm?;
         say(format!(
-            "prefill {}: {:.1} ms -> {:.0} tok/s",
+            "prefill {}: {:.1} ms -> {:.0} tok/s (matrix products alone: {:.1} ms)",
             o.n_prompt,
             ms,
-            o.n_prompt as f64 / ms * 1e3
+            o.n_prompt as f64 / ms * 1e3,
+            mm
         ));
     }
 
@@ -137,6 +142,22 @@ pub fn run(
             100.0 * floor_ms / ms,
             floor_ms
         ));
+        // Where the step's time goes: a graph of the matrix products alone.
+        runner.only_matmuls.set(true);
+        let mm_graph = runner.capture_decode(&st);
+        runner.only_matmuls.set(false);
+        let mm_graph = mm_graph?;
+        reset(start)?;
+        let mm_ms = gpu.time(|| (0..n_gen).try_for_each(|_| gpu.replay(&mm_graph)))? / n_gen as f64;
+        say(format!(
+            "  of which matrix products (GEMVs + lm_head + argmax) {:.2} ms ({:.0}% of their {:.2} ms floor), everything else {:.2} ms",
+            mm_ms,
+            100.0 * floor_ms / mm_ms,
+            floor_ms,
+            ms - mm_ms
+        ));
+        reset(start)?;
+        runner.decode_step(&st)?;
         let hist: Vec<i32> = gpu.read(&st.history, 0, (start + 4).min(o.max_ctx + 1))?;
         say(format!("first generated ids: {:?}", &hist[start..]));
     }

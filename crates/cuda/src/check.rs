@@ -84,6 +84,7 @@ fn upload_q(gpu: &Gpu, p: &Packed) -> Result<QLinear> {
         n: p.n,
         bits: p.bits,
         group_size: p.group_size,
+        kw: crate::kernels::default_kw(p.bits, p.n),
     };
     q.validate()?;
     Ok(q)
@@ -166,8 +167,13 @@ pub fn check_all(gpu: &Gpu) -> Result<Report> {
         ] {
             let p = random_gptq(&mut rng, bits, k, n, group, act, sym)?;
             let wref = p.dequant_ref(); // [K][N], sorted rows
-            let q = upload_q(gpu, &p)?;
-            for nb in [1usize, 4] {
+            let mut q = upload_q(gpu, &p)?;
+            let kws: &[usize] = if bits == 8 { &[64] } else { &[64, 128] };
+            for (nb, &kw) in [1usize, 4]
+                .iter()
+                .flat_map(|nb| kws.iter().map(move |kw| (*nb, kw)))
+            {
+                q.kw = kw;
                 let x: Vec<f32> = (0..nb * k).map(|_| f(h(rng.normal()))).collect();
                 // The kernel reads x in the sorted order; the model's norm kernel gathers it.
                 let xs: Vec<u16> = (0..nb * k)
@@ -185,7 +191,12 @@ pub fn check_all(gpu: &Gpu) -> Result<Report> {
                         }
                     }
                 }
-                let xd = gpu.upload(&xs)?;
+                // ... and in the pair order of the dequantizer (see gptq::xpos).
+                let mut shuffled = vec![0u16; nb * k];
+                for (i, &v) in xs.iter().enumerate() {
+                    shuffled[(i / k) * k + crate::gptq::xpos(i % k, bits)] = v;
+                }
+                let xd = gpu.upload(&shuffled)?;
                 let out = poisoned(gpu, q.splits() * nb * n * 4)?;
                 let s = gptq_gemv(gpu, &q, xd.ptr, out.ptr, nb)?;
                 let parts: Vec<f32> = gpu.read(&out, 0, s * nb * n)?;
@@ -193,7 +204,7 @@ pub fn check_all(gpu: &Gpu) -> Result<Report> {
                     .map(|i| (0..s).map(|j| parts[j * nb * n + i]).sum())
                     .collect();
                 let name = format!(
-                    "gptq_gemv {bits}-bit group {} act {act} sym {sym} rows {nb}",
+                    "gptq_gemv {bits}-bit group {} act {act} sym {sym} rows {nb} kw {kw}",
                     group.map_or("none".into(), |g| g.to_string())
                 );
                 // fp16 accumulation within a group: ~1e-3 relative.
@@ -315,11 +326,14 @@ fn check_llama_ops(gpu: &Gpu, rng: &mut Rng, hd: Heads, r: &mut Report) -> Resul
         gpu.upload(&perm)?,
     );
     let out = poisoned(gpu, rows * hid * 2)?;
-    ops.add_rmsnorm(pd.ptr, s, rows, hd_.ptr, wd.ptr, pm.ptr, out.ptr, hid, 1e-5)?;
-    let y: Vec<f32> = gpu
-        .read::<u16>(&out, 0, rows * hid)?
-        .iter()
-        .map(|&v| f(v))
+    let ss = gpu.alloc(rows * hid.div_ceil(256) * 4)?;
+    // Written in the 4-bit GEMV's pair order, read back through gptq::xpos.
+    ops.add_rmsnorm(
+        pd.ptr, s, rows, hd_.ptr, wd.ptr, pm.ptr, out.ptr, hid, 1e-5, ss.ptr, 4,
+    )?;
+    let got: Vec<u16> = gpu.read(&out, 0, rows * hid)?;
+    let y: Vec<f32> = (0..rows * hid)
+        .map(|i| f(got[(i / hid) * hid + crate::gptq::xpos(i % hid, 4)]))
         .collect();
     r.check(
         &format!("add_rmsnorm + gather {tag}"),
@@ -355,11 +369,11 @@ fn check_llama_ops(gpu: &Gpu, rng: &mut Rng, hd: Heads, r: &mut Report) -> Resul
     }
     let (pd, iv) = (gpu.upload(&parts)?, gpu.upload(&inv)?);
     let out = poisoned(gpu, rows * inter * 2)?;
-    ops.swiglu(pd.ptr, s, rows, iv.ptr, out.ptr, inter)?;
-    let y: Vec<f32> = gpu
-        .read::<u16>(&out, 0, rows * inter)?
-        .iter()
-        .map(|&v| f(v))
+    // Written in the 3-bit GEMV's pair order, read back through gptq::xpos.
+    ops.swiglu(pd.ptr, s, rows, iv.ptr, out.ptr, inter, 3)?;
+    let got: Vec<u16> = gpu.read(&out, 0, rows * inter)?;
+    let y: Vec<f32> = (0..rows * inter)
+        .map(|i| f(got[(i / inter) * inter + crate::gptq::xpos(i % inter, 3)]))
         .collect();
     r.check(&format!("swiglu + scatter {tag}"), rel_err(&y, &yref), 2e-3);
 
@@ -483,7 +497,7 @@ fn check_llama_ops(gpu: &Gpu, rng: &mut Rng, hd: Heads, r: &mut Report) -> Resul
     let out = poisoned(gpu, b * nh * d * 2)?;
     ops.attention(
         qd.ptr, kd.ptr, vd.ptr, td.ptr, max_pages, posd.ptr, seqd.ptr, po.ptr, pml.ptr, nsplit, b,
-        ivd.ptr, out.ptr,
+        ivd.ptr, out.ptr, 16,
     )?;
     let mut aref = vec![0f32; b * nh * d];
     let scale = 1.0 / (d as f64).sqrt();
@@ -600,32 +614,39 @@ pub fn time_kernels(gpu: &Gpu, peak_gbs: f64) -> Result<Vec<String>> {
                     n,
                     bits,
                     group_size: gs,
+                    kw: 64,
                 });
             }
             let x = gpu.alloc(k * 2)?;
             ops.fill_f16(&x, 9, -1.0, 1.0)?;
-            let out = gpu.alloc(ws[0].splits() * n * 4)?;
-            for w in &ws {
-                gptq_gemv(gpu, w, x.ptr, out.ptr, 1)?;
-            }
-            let mut times = Vec::new();
-            for rep in 0..30 {
-                let w = &ws[rep % ws.len()];
-                times.push(gpu.time(|| gptq_gemv(gpu, w, x.ptr, out.ptr, 1).map(|_| ()))?);
-            }
-            times.sort_by(|a, b| a.total_cmp(b));
-            let ms = times[times.len() / 2];
-            let (regs, local) = crate::kernels::gptq_gemv_resources(gpu, &ws[0], 1)?;
-            let bytes = ws[0].weight_bytes() + k * 2 + ws[0].splits() * n * 4;
-            let gbs = bytes as f64 / ms / 1e6;
-            lines.push(format!(
-                "gptq_gemv {bits}-bit g{} {name:8} K={k:5} N={n:5}: {:7.1} us, {:6.0} GB/s ({:.0}% of {peak_gbs:.0}), floor {:6.1} us; {regs} regs, {local} B local",
+            let out = gpu.alloc(k.div_ceil(64 * 8) * n * 4)?;
+            let kws: &[usize] = if bits == 8 { &[64] } else { &[64, 128] };
+            for &kw in kws {
+                for w in ws.iter_mut() {
+                    w.kw = kw;
+                }
+                for w in &ws {
+                    gptq_gemv(gpu, w, x.ptr, out.ptr, 1)?;
+                }
+                let mut times = Vec::new();
+                for rep in 0..30 {
+                    let w = &ws[rep % ws.len()];
+                    times.push(gpu.time(|| gptq_gemv(gpu, w, x.ptr, out.ptr, 1).map(|_| ()))?);
+                }
+                times.sort_by(|a, b| a.total_cmp(b));
+                let ms = times[times.len() / 2];
+                let (regs, local) = crate::kernels::gptq_gemv_resources(gpu, &ws[0], 1)?;
+                let bytes = ws[0].weight_bytes() + k * 2 + ws[0].splits() * n * 4;
+                let gbs = bytes as f64 / ms / 1e6;
+                lines.push(format!(
+                "gptq_gemv {bits}-bit g{} kw {kw:3} {name:8} K={k:5} N={n:5}: {:7.1} us, {:6.0} GB/s ({:.0}% of {peak_gbs:.0}), floor {:6.1} us; {regs} regs, {local} B local",
                 group.map_or("none".into(), |g| g.to_string()),
                 ms * 1e3,
                 gbs,
                 100.0 * gbs / peak_gbs,
                 bytes as f64 / peak_gbs / 1e3
             ));
+            }
         }
     }
     // lm_head in fp16.

@@ -6,6 +6,19 @@
 
 use anyhow::{bail, Result};
 
+/// Where sorted input row `k` sits in a GEMV's activation vector for `bits`-bit weights (the
+/// fp16 pair order the dequantizer produces; `xpos` in common.cuh); 16 = plain order.
+pub fn xpos(k: usize, bits: u32) -> usize {
+    let (j, base) = (k % 32, k - k % 32);
+    base + match bits {
+        4 => (j & !7) + 2 * (j & 3) + ((j >> 2) & 1),
+        8 => (j & !3) + 2 * (j & 1) + ((j >> 1) & 1),
+        3 if j < 16 => 2 * j,
+        3 => 2 * (j - 16) + 1,
+        _ => j,
+    }
+}
+
 /// A linear layer in the kernel layout, on the host.
 #[derive(Clone, Debug)]
 pub struct Packed {
@@ -304,6 +317,21 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The activation layout is a permutation within each slab, for every bit width.
+    #[test]
+    fn xpos_is_a_permutation() {
+        for bits in [3, 4, 8, 16] {
+            let mut seen = [false; 64];
+            for k in 0..64 {
+                let p = xpos(k, bits);
+                assert!(p / 32 == k / 32 && !seen[p], "bits {bits} k {k}");
+                seen[p] = true;
+            }
+        }
+        // 4-bit: the pair (k, k + 4) of each 8 rows is one fp16x2.
+        assert_eq!((xpos(0, 4), xpos(4, 4), xpos(1, 4)), (0, 1, 2));
     }
 
     #[test]

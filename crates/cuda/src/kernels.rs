@@ -32,11 +32,26 @@ pub struct QLinear {
     pub bits: u32,
     /// Rows per scale group; K when the checkpoint has one group (group_size -1).
     pub group_size: usize,
+    /// Input rows per warp in the GEMV (64 or 128): see `default_kw`.
+    pub kw: usize,
 }
 
-/// Rows of K per warp chunk: 8-bit chunks are half as long to keep the words in registers.
-fn kw(bits: u32) -> usize {
+/// Rows of K per warp chunk of the GEMV. 8-bit: 64 (the words of 128 rows would not fit in
+/// registers). Otherwise 64 for narrow matrices (more, smaller blocks: fewer idle SMs in the last
+/// wave) and 128 for wide ones; MEDITRON_GEMV_KW=64|128 overrides for experiments.
+pub fn default_kw(bits: u32, n: usize) -> usize {
+    static OVERRIDE: std::sync::OnceLock<Option<usize>> = std::sync::OnceLock::new();
+    let o = *OVERRIDE.get_or_init(|| {
+        std::env::var("MEDITRON_GEMV_KW")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&v| v == 64 || v == 128)
+    });
     if bits == 8 {
+        64
+    } else if let Some(v) = o {
+        v
+    } else if n <= 16384 {
         64
     } else {
         128
@@ -46,14 +61,17 @@ fn kw(bits: u32) -> usize {
 impl QLinear {
     /// K splits the GEMV produces partial sums for.
     pub fn splits(&self) -> usize {
-        self.k.div_ceil(kw(self.bits) * 8)
+        self.k.div_ceil(self.kw * 8)
     }
     pub fn weight_bytes(&self) -> usize {
         self.qw.bytes + self.scales.bytes + self.zeros.as_ref().map_or(0, |z| z.bytes)
     }
     pub fn validate(&self) -> Result<()> {
-        let kwv = kw(self.bits);
-        if ![3, 4, 8].contains(&self.bits) {
+        let kwv = self.kw;
+        if ![3, 4, 8].contains(&self.bits)
+            || (kwv != 64 && kwv != 128)
+            || (self.bits == 8 && kwv != 64)
+        {
             bail!("GPTQ kernels take 3, 4 or 8 bits, not {}", self.bits);
         }
         if !self.k.is_multiple_of(32) || !self.n.is_multiple_of(4) {
@@ -78,7 +96,7 @@ pub fn gptq_gemv(gpu: &Gpu, w: &QLinear, x: u64, out: u64, nb: usize) -> Result<
     if !(1..=8).contains(&nb) {
         bail!("GEMV batch {nb} out of 1..=8");
     }
-    let kwv = kw(w.bits);
+    let kwv = w.kw;
     let spf = if w.group_size == w.k {
         kwv / 32
     } else {
@@ -119,7 +137,7 @@ pub fn gptq_gemv(gpu: &Gpu, w: &QLinear, x: u64, out: u64, nb: usize) -> Result<
 
 /// (registers, local bytes) of the GEMV variant `gptq_gemv` would launch for `w` and `nb`.
 pub fn gptq_gemv_resources(gpu: &Gpu, w: &QLinear, nb: usize) -> Result<(i32, i32)> {
-    let kwv = kw(w.bits);
+    let kwv = w.kw;
     let spf = if w.group_size == w.k {
         kwv / 32
     } else {
@@ -216,7 +234,9 @@ impl<'g> Ops<'g> {
         )
     }
 
-    /// h += sum of `s` partials; out = fp16(rmsnorm(h) * w) gathered through perm.
+    /// h += sum of `s` partials; out = fp16(rmsnorm(h) * w) gathered through perm into the
+    /// consumer's pair layout (`xbits`: its weight bits, 16 for fp16/cuBLAS). `ss`: scratch of
+    /// rows * ceil(hidden / 256) f32.
     #[allow(clippy::too_many_arguments)]
     pub fn add_rmsnorm(
         &self,
@@ -229,23 +249,43 @@ impl<'g> Ops<'g> {
         out: u64,
         hidden: usize,
         eps: f32,
+        ss: u64,
+        xbits: u32,
     ) -> Result<()> {
-        let f = self.m()?.func("add_rmsnorm")?;
+        let m = self.m()?;
+        let nb = hidden.div_ceil(256);
+        if nb > 256 {
+            bail!("hidden size {hidden} is over the norm kernel's 65536");
+        }
         self.gpu.launch(
-            &f,
-            (rows as u32, 1, 1),
-            1024,
+            &m.func("add_partials")?,
+            (nb as u32, rows as u32, 1),
+            256,
             0,
             &[
                 &part,
                 &(s as i32),
                 &(rows as i32),
                 &h,
+                &ss,
+                &(hidden as i32),
+            ],
+        )?;
+        self.gpu.launch(
+            &m.func("rmsnorm_gather")?,
+            (nb as u32, rows as u32, 1),
+            256,
+            0,
+            &[
+                &h,
+                &ss,
+                &(nb as i32),
                 &w,
                 &perm,
                 &out,
                 &(hidden as i32),
                 &eps,
+                &(xbits as i32),
             ],
         )
     }
@@ -310,6 +350,7 @@ impl<'g> Ops<'g> {
         rows: usize,
         inv_perm: u64,
         out: u64,
+        xbits: u32,
     ) -> Result<()> {
         let h = self.heads;
         let m = self.m()?;
@@ -346,10 +387,12 @@ impl<'g> Ops<'g> {
                 &inv_perm,
                 &out,
                 &(h.n_heads as i32),
+                &(xbits as i32),
             ],
         )
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub fn swiglu(
         &self,
         part: u64,
@@ -358,6 +401,7 @@ impl<'g> Ops<'g> {
         inv_perm: u64,
         out: u64,
         inter: usize,
+        xbits: u32,
     ) -> Result<()> {
         let f = self.m()?.func("swiglu")?;
         self.gpu.launch(
@@ -372,6 +416,7 @@ impl<'g> Ops<'g> {
                 &inv_perm,
                 &out,
                 &(inter as i32),
+                &(xbits as i32),
             ],
         )
     }

@@ -72,6 +72,14 @@ impl Linear {
             Linear::F16 { n, .. } => *n,
         }
     }
+    /// The layout its input must be written in for `rows` rows: the GEMV's pair order for GPTQ
+    /// at decode sizes, plain (16) for fp16 weights and cuBLAS.
+    fn xbits(&self, rows: usize) -> u32 {
+        match self {
+            Linear::Q(q) if rows <= 8 => q.bits,
+            _ => 16,
+        }
+    }
     fn perm(&self) -> u64 {
         match self {
             Linear::Q(q) => q.perm.as_ref().map_or(0, |p| p.ptr),
@@ -191,6 +199,7 @@ fn synthetic_q(
         n,
         bits,
         group_size: group,
+        kw: crate::kernels::default_kw(bits, n),
     };
     q.validate()?;
     Ok(q)
@@ -395,6 +404,7 @@ pub struct State {
     pub max_rows: usize,
     pub max_ctx: usize,
     h: Buf,                // [R][H] f32 residual stream
+    ss: Buf,               // [R][ceil(H / 256)] f32 sums of squares for RMSNorm
     xh: Buf,               // [R][max(H, I, NH*HD)] fp16 matmul input
     part: Buf,             // partial sums, [S][R][N] f32
     q: Buf,                // [R][NH][HD] f32
@@ -472,6 +482,7 @@ impl State {
             max_rows,
             max_ctx,
             h: gpu.alloc(rows * c.hidden * 4)?,
+            ss: gpu.alloc(rows * c.hidden.div_ceil(256) * 4)?,
             xh: gpu.alloc(rows * width * 2)?,
             part: gpu.alloc(part * 4)?,
             q: gpu.alloc(rows * c.n_heads * c.head_dim * 4)?,
@@ -509,6 +520,9 @@ pub struct Runner<'g> {
     pub gpu: &'g Gpu,
     pub model: &'g Model,
     ops: Ops<'g>,
+    /// Measurement only: launch just the matrix products (the rest of the step is skipped and
+    /// its results are garbage), to split a step's time into GEMVs and everything else.
+    pub only_matmuls: Cell<bool>,
 }
 
 impl<'g> Runner<'g> {
@@ -516,6 +530,7 @@ impl<'g> Runner<'g> {
         Runner {
             gpu,
             model,
+            only_matmuls: Cell::new(false),
             ops: Ops {
                 gpu,
                 heads: model.cfg.heads(),
@@ -567,83 +582,114 @@ impl<'g> Runner<'g> {
     ) -> Result<()> {
         let c = &self.model.cfg;
         let ops = &self.ops;
+        let skip = self.only_matmuls.get();
         let pf = match &st.w16 {
             Some(bufs) if rows > 8 => Some(Prefetch::start(self, bufs)?),
             _ => None,
         };
         let pf = pf.as_ref();
-        ops.embed(tok, self.model.embed.ptr, st.h.ptr, rows, c.hidden)?;
+        if !skip {
+            ops.embed(tok, self.model.embed.ptr, st.h.ptr, rows, c.hidden)?;
+        }
         let mut s = 0;
         for (li, l) in self.model.layers.iter().enumerate() {
-            ops.add_rmsnorm(
-                st.part.ptr,
-                s,
-                rows,
-                st.h.ptr,
-                l.attn_norm.ptr,
-                l.qkv.perm(),
-                st.xh.ptr,
-                c.hidden,
-                c.eps,
-            )?;
+            if !skip {
+                ops.add_rmsnorm(
+                    st.part.ptr,
+                    s,
+                    rows,
+                    st.h.ptr,
+                    l.attn_norm.ptr,
+                    l.qkv.perm(),
+                    st.xh.ptr,
+                    c.hidden,
+                    c.eps,
+                    st.ss.ptr,
+                    l.qkv.xbits(rows),
+                )?;
+            }
             s = self.matmul(st, &l.qkv, st.xh.ptr, rows, pf)?;
             let (kc, vc) = (st.kc[li].ptr, st.vc[li].ptr);
-            ops.qkv_rope(
-                st.part.ptr,
-                s,
-                rows,
-                pos,
-                seq,
-                st.cos.ptr,
-                st.sin.ptr,
-                st.q.ptr,
-                kc,
-                vc,
-                st.table.ptr,
-                st.max_pages,
-            )?;
-            ops.attention(
-                st.q.ptr,
-                kc,
-                vc,
-                st.table.ptr,
-                st.max_pages,
-                pos,
-                seq,
-                st.part_o.ptr,
-                st.part_ml.ptr,
-                nsplit,
-                rows,
-                l.o.inv_perm(),
-                st.xh.ptr,
-            )?;
+            if !skip {
+                ops.qkv_rope(
+                    st.part.ptr,
+                    s,
+                    rows,
+                    pos,
+                    seq,
+                    st.cos.ptr,
+                    st.sin.ptr,
+                    st.q.ptr,
+                    kc,
+                    vc,
+                    st.table.ptr,
+                    st.max_pages,
+                )?;
+            }
+            if !skip {
+                ops.attention(
+                    st.q.ptr,
+                    kc,
+                    vc,
+                    st.table.ptr,
+                    st.max_pages,
+                    pos,
+                    seq,
+                    st.part_o.ptr,
+                    st.part_ml.ptr,
+                    nsplit,
+                    rows,
+                    l.o.inv_perm(),
+                    st.xh.ptr,
+                    l.o.xbits(rows),
+                )?;
+            }
             s = self.matmul(st, &l.o, st.xh.ptr, rows, pf)?;
+            if !skip {
+                ops.add_rmsnorm(
+                    st.part.ptr,
+                    s,
+                    rows,
+                    st.h.ptr,
+                    l.ffn_norm.ptr,
+                    l.gate_up.perm(),
+                    st.xh.ptr,
+                    c.hidden,
+                    c.eps,
+                    st.ss.ptr,
+                    l.gate_up.xbits(rows),
+                )?;
+            }
+            s = self.matmul(st, &l.gate_up, st.xh.ptr, rows, pf)?;
+            if !skip {
+                ops.swiglu(
+                    st.part.ptr,
+                    s,
+                    rows,
+                    l.down.inv_perm(),
+                    st.xh.ptr,
+                    c.inter,
+                    l.down.xbits(rows),
+                )?;
+            }
+            s = self.matmul(st, &l.down, st.xh.ptr, rows, pf)?;
+        }
+        if !skip {
             ops.add_rmsnorm(
                 st.part.ptr,
                 s,
                 rows,
                 st.h.ptr,
-                l.ffn_norm.ptr,
-                l.gate_up.perm(),
+                self.model.norm.ptr,
+                0,
                 st.xh.ptr,
                 c.hidden,
                 c.eps,
+                st.ss.ptr,
+                16,
             )?;
-            s = self.matmul(st, &l.gate_up, st.xh.ptr, rows, pf)?;
-            ops.swiglu(st.part.ptr, s, rows, l.down.inv_perm(), st.xh.ptr, c.inter)?;
-            s = self.matmul(st, &l.down, st.xh.ptr, rows, pf)?;
         }
-        ops.add_rmsnorm(
-            st.part.ptr,
-            s,
-            rows,
-            st.h.ptr,
-            self.model.norm.ptr,
-            0,
-            st.xh.ptr,
-            c.hidden,
-            c.eps,
-        )
+        Ok(())
     }
 
     /// One decode step for all `st.batch` streams: reads dec_tok/dec_pos, writes the greedy

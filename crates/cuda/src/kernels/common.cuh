@@ -62,3 +62,19 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
 #ifndef INFINITY
 #define INFINITY __int_as_float(0x7f800000)
 #endif
+
+// Where sorted input row k goes in a GEMV's activation vector: within each 32-row slab, rows are
+// stored as the fp16 pairs the dequantizer of `xbits`-bit weights produces (see gptq.cu), so the
+// GEMV reads them with no shuffle. xbits 16 (fp16 weights, cuBLAS) keeps the plain order.
+__device__ __forceinline__ int xpos(int k, int xbits) {
+    int j = k & 31, base = k - j, p;
+    if (xbits == 4)
+        p = (j & ~7) + 2 * (j & 3) + ((j >> 2) & 1);
+    else if (xbits == 8)
+        p = (j & ~3) + 2 * (j & 1) + ((j >> 1) & 1);
+    else if (xbits == 3)
+        p = j < 16 ? 2 * j : 2 * (j - 16) + 1;
+    else
+        return k;
+    return base + p;
+}

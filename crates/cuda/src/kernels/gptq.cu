@@ -82,17 +82,17 @@ __device__ __forceinline__ u32 comp(const uint4& v, int c) {
 // y_partial[split][b][n] = sum over this block's K range of x[b][k] * W[k][n]
 // grid: (ceil(N / 128), ceil(K / KB)); block: 256 threads; each lane owns 4 adjacent columns,
 // each of the 8 warps one KW-row chunk; partial sums over splits are added by the consumer.
-// Version 2: the weight loads are issued before x is staged (their latency overlaps), x pairs are
-// read from shared memory once per word and reused for the 4 columns, and each column has two
-// fp16 accumulators, so 8 independent FMA chains per thread instead of 1 long chain per column.
+// Version 3: x arrives already gathered and shuffled into pair order by the kernel that produced
+// it, so it is read straight from global memory (the same 16 bytes for the whole warp, an L1
+// broadcast) with no staging or barrier before the math; x pairs are read once per word and
+// reused for the 4 columns; each column has two fp16 accumulators (8 independent FMA chains).
 extern "C" __global__ void __launch_bounds__(256) gptq_gemv(
     const uint4* __restrict__ qw,    // [K / 32 * BITS][N / 4]
     const u16* __restrict__ scales,  // [G][N]
     const u8* __restrict__ zeros,    // [G][N] or null
-    const u16* __restrict__ x,       // [NB][K] fp16, rows already in the weight's sorted order
+    const u32* __restrict__ x,       // [NB][K / 2] fp16 pairs: sorted rows, in pair_map order (xpos)
     float* __restrict__ out,         // [gridDim.y][NB][N]
     int K, int N, int group_size) {
-    __shared__ __align__(16) u32 xs[NB][KB / 2];
     __shared__ float red[8][NB][128];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int kb0 = blockIdx.y * KB;
@@ -120,17 +120,6 @@ extern "C" __global__ void __launch_bounds__(256) gptq_gemv(
             zz[f] = zeros ? *(const u32*)(zeros + (size_t)g * N + c0) : (1u << (BITS - 1)) * 0x01010101u;
         }
     }
-
-    for (int i = tid; i < NB * (KB / 2); i += 256) {
-        int b = i / (KB / 2), pi = i % (KB / 2);
-        int a, c;
-        pair_map(pi & 15, a, c);
-        int ka = kb0 + (pi >> 4) * 32 + a, kc = kb0 + (pi >> 4) * 32 + c;
-        u16 xa = ka < K ? x[(size_t)b * K + ka] : (u16)0;
-        u16 xc = kc < K ? x[(size_t)b * K + kc] : (u16)0;
-        xs[b][pi] = pack2(xa, xc);
-    }
-    __syncthreads();
 
     float res[NB][4];
 #pragma unroll
@@ -171,7 +160,8 @@ extern "C" __global__ void __launch_bounds__(256) gptq_gemv(
 #endif
 #pragma unroll
             for (int s2 = f * SPF; s2 < (f + 1) * SPF; s2++) {
-                const int xbase = (warp * NS + s2) * 16;
+                if (kw0 + s2 * 32 >= K) break;
+                const int xbase = ((kw0 >> 5) + s2) * 16;  // u32 index of the slab's first pair
 #if BITS == 3
 #pragma unroll
                 for (int c = 0; c < 4; c++) {
@@ -183,7 +173,7 @@ extern "C" __global__ void __launch_bounds__(256) gptq_gemv(
                     for (int p = 0; p < 16; p++) {
                         const u32 q = hsub2(t[p], zlo[c]);
 #pragma unroll
-                        for (int b = 0; b < NB; b++) acc[b][c][p & 1] = hfma2(q, xs[b][xbase + p], acc[b][c][p & 1]);
+                        for (int b = 0; b < NB; b++) acc[b][c][p & 1] = hfma2(q, __ldg(x + (size_t)b * (K / 2) + xbase + p), acc[b][c][p & 1]);
                     }
                 }
 #elif BITS == 4
@@ -191,7 +181,7 @@ extern "C" __global__ void __launch_bounds__(256) gptq_gemv(
                 for (int j = 0; j < 4; j++) {
                     uint4 xv[NB];
 #pragma unroll
-                    for (int b = 0; b < NB; b++) xv[b] = *(const uint4*)&xs[b][xbase + 4 * j];
+                    for (int b = 0; b < NB; b++) xv[b] = __ldg((const uint4*)(x + (size_t)b * (K / 2) + xbase + 4 * j));
 #pragma unroll
                     for (int c = 0; c < 4; c++) {
                         const u32 v = comp(w[s2 * 4 + j], c), v2 = v >> 8;
@@ -214,7 +204,8 @@ extern "C" __global__ void __launch_bounds__(256) gptq_gemv(
                     float xf[NB][4];
 #pragma unroll
                     for (int b = 0; b < NB; b++) {
-                        const u32 x0 = xs[b][xbase + 2 * j], x1 = xs[b][xbase + 2 * j + 1];
+                        const uint2 xx = __ldg((const uint2*)(x + (size_t)b * (K / 2) + xbase + 2 * j));
+                        const u32 x0 = xx.x, x1 = xx.y;
                         xf[b][0] = h2f((u16)(x0 & 0xffff));
                         xf[b][1] = h2f((u16)(x0 >> 16));
                         xf[b][2] = h2f((u16)(x1 & 0xffff));

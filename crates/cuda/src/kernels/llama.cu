@@ -30,32 +30,40 @@ extern "C" __global__ void embed(const int* __restrict__ tok, const u16* __restr
     for (int i = threadIdx.x; i < H; i += blockDim.x) h[(size_t)b * H + i] = h2f(row[i]);
 }
 
-// h[b] += sum_s part[s][b]; out[b][k] = fp16(rmsnorm(h[b]) * w)[perm[k]]; grid B, block 1024.
-extern "C" __global__ void __launch_bounds__(1024) add_rmsnorm(
-    const float* __restrict__ part, int S, int B,  // [S][B][H]
-    float* __restrict__ h,                          // [B][H] residual stream, updated in place
-    const u16* __restrict__ w,                      // [H]
-    const int* __restrict__ perm,                   // [H] or null
-    u16* __restrict__ out,                          // [B][H]
-    int H, float eps) {
+// h[b] += sum_s part[s][b] (the split-K partial sums of the last matmul), and each block's sum of
+// squares of the new h for the norm. grid (ceil(H / 256), B), block 256: spread over the GPU, since
+// reading up to 56 partial vectors from one block would take one SM tens of microseconds.
+extern "C" __global__ void __launch_bounds__(256) add_partials(const float* __restrict__ part, int S, int B,  // [S][B][H]
+                                                              float* __restrict__ h,  // [B][H]
+                                                              float* __restrict__ ss,  // [B][gridDim.x]
+                                                              int H) {
     __shared__ float red[32];
-    int b = blockIdx.x;
-    float* hb = h + (size_t)b * H;
-    float ss = 0.f;
-    for (int i = threadIdx.x; i < H; i += blockDim.x) {
-        float v = hb[i];
+    int b = blockIdx.y, i = blockIdx.x * 256 + threadIdx.x;
+    float v = 0.f;
+    if (i < H) {
+        v = h[(size_t)b * H + i];
         for (int s = 0; s < S; s++) v += part[((size_t)s * B + b) * H + i];
-        hb[i] = v;
-        ss += v * v;
+        h[(size_t)b * H + i] = v;
     }
-    ss = block_sum(ss, red);
-    float r = rsqrtf(ss / (float)H + eps);
-    for (int k = threadIdx.x; k < H; k += blockDim.x) {
-        int j = perm ? perm[k] : k;
-        // As transformers: normalize in f32, round to fp16, then multiply by the weight.
-        float y = h2f(f2h(hb[j] * r)) * h2f(w[j]);
-        out[(size_t)b * H + k] = f2h(y);
-    }
+    float t = block_sum(v * v, red);
+    if (threadIdx.x == 0) ss[(size_t)b * gridDim.x + blockIdx.x] = t;
+}
+
+// out[b][xpos(k)] = fp16(rmsnorm(h[b]) * w)[perm[k]]: the next matmul's input, gathered into its
+// sorted row order and pair layout. grid (ceil(H / 256), B), block 256; nss = add_partials' grid.x.
+extern "C" __global__ void __launch_bounds__(256) rmsnorm_gather(const float* __restrict__ h, const float* __restrict__ ss,
+                                                                int nss, const u16* __restrict__ w,
+                                                                const int* __restrict__ perm,  // [H] or null
+                                                                u16* __restrict__ out, int H, float eps, int xbits) {
+    __shared__ float red[32];
+    int b = blockIdx.y, k = blockIdx.x * 256 + threadIdx.x;
+    float t = threadIdx.x < nss ? ss[(size_t)b * nss + threadIdx.x] : 0.f;
+    float r = rsqrtf(block_sum(t, red) / (float)H + eps);
+    if (k >= H) return;
+    int j = perm ? perm[k] : k;
+    // As transformers: normalize in f32, round to fp16, then multiply by the weight.
+    float y = h2f(f2h(h[(size_t)b * H + j] * r)) * h2f(w[j]);
+    out[(size_t)b * H + xpos(k, xbits)] = f2h(y);
 }
 
 // Sum the QKV partials, rotate q and k (rotate-half RoPE, pairs (i, i + HD/2)), append k and v
@@ -188,7 +196,7 @@ extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const 
                                         int nsplit, const int* __restrict__ pos,
                                         const int* __restrict__ inv_perm,  // [NH*HD] or null
                                         u16* __restrict__ out,             // [B][NH*HD]
-                                        int NH) {
+                                        int NH, int xbits) {
     int b = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
     int used = min(nsplit, (pos[b] + SPLIT) / SPLIT);
     size_t row = ((size_t)b * NH + h) * nsplit;
@@ -204,7 +212,7 @@ extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const 
     }
     int j = h * HD + d;
     int dst = inv_perm ? inv_perm[j] : j;
-    out[(size_t)b * NH * HD + dst] = f2h(O / L);
+    out[(size_t)b * NH * HD + xpos(dst, xbits)] = f2h(O / L);
 }
 
 // a = silu(gate) * up from the fused gate|up partials, scattered to down_proj's sorted order.
@@ -212,7 +220,7 @@ extern "C" __global__ void attn_combine(const float* __restrict__ part_o, const 
 extern "C" __global__ void swiglu(const float* __restrict__ part, int S, int B,  // [S][B][2I]
                                   const int* __restrict__ inv_perm,              // [I] or null
                                   u16* __restrict__ out,                         // [B][I]
-                                  int I) {
+                                  int I, int xbits) {
     int j = blockIdx.x * 256 + threadIdx.x, b = blockIdx.y;
     if (j >= I) return;
     float g = 0.f, u = 0.f;
@@ -225,7 +233,7 @@ extern "C" __global__ void swiglu(const float* __restrict__ part, int S, int B, 
     g = h2f(f2h(g));
     u = h2f(f2h(u));
     float a = h2f(f2h(g / (1.f + __expf(-g)))) * u;
-    out[(size_t)b * I + (inv_perm ? inv_perm[j] : j)] = f2h(a);
+    out[(size_t)b * I + xpos(inv_perm ? inv_perm[j] : j, xbits)] = f2h(a);
 }
 
 // out[b][n] = sum_k W[n][k] x[b][k] for an fp16 row-major [N][K] weight (nn.Linear layout).
