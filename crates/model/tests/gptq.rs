@@ -503,3 +503,40 @@ fn wrong_or_corrupted_checkpoints_get_precise_errors() {
     );
     let _ = std::fs::remove_dir_all(&good);
 }
+
+/// Writes round-to-nearest checkpoints of the whole default model for `meditron bench` and
+/// `meditron perplexity` by hand:
+/// `MEDITRON_GPTQ_OUT=DIR cargo test -p model --test gptq -- --ignored write_checkpoints`
+/// makes DIR/fp16, DIR/gptq-4bit-128g-actorder and DIR/gptq-8bit-32g.
+#[test]
+#[ignore]
+fn write_checkpoints() {
+    let out = PathBuf::from(std::env::var_os("MEDITRON_GPTQ_OUT").expect("MEDITRON_GPTQ_OUT"));
+    let gguf = model::load::default_model_path();
+    gguf_to_hf(&gguf, &out.join("fp16"), OutDtype::F16).unwrap();
+    let v1 = CheckpointFormat::V1;
+    for (name, bits, group_size, desc_act) in [
+        ("gptq-4bit-128g-actorder", 4, Some(128), true),
+        ("gptq-8bit-32g", 8, Some(32), false),
+    ] {
+        let l = Layout {
+            bits,
+            group_size,
+            desc_act,
+            sym: true,
+            format: v1,
+            shards: 1,
+        };
+        let dir = write(&out.join("fp16"), l, None, name);
+        let _ = std::fs::remove_dir_all(out.join(name));
+        std::fs::rename(&dir, out.join(name))
+            .or_else(|_| {
+                std::process::Command::new("mv")
+                    .arg(&dir)
+                    .arg(out.join(name))
+                    .status()
+                    .map(|_| ())
+            })
+            .unwrap();
+    }
+}
