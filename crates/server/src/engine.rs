@@ -146,6 +146,7 @@ impl EngineHandle {
                     waiting: VecDeque::new(),
                     running: Vec::new(),
                     reserved_blocks: 0,
+                    idle: VecDeque::new(),
                 };
                 let result =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run(&rx)));
@@ -197,6 +198,22 @@ struct Running {
     done: bool,
 }
 
+/// A finished sequence whose keys and values stay in the cache until its pages are needed, so
+/// that a request starting with the same tokens (the next turn of a chat, another option of a
+/// multiple-choice question) skips recomputing them.
+struct Idle {
+    seq: SeqId,
+    /// The tokens in the cache.
+    tokens: Vec<u32>,
+    /// `scores[k]` scores `tokens[k + 1]` with `top_n` alternatives, when the request that left
+    /// this sequence asked for prompt log-probabilities.
+    scores: Vec<Scored>,
+    top_n: usize,
+}
+
+/// Finished sequences kept for reuse, at most.
+const MAX_IDLE: usize = 16;
+
 /// What a row of logits returned by the forward pass is for.
 enum Row {
     /// Scores prompt token `pos + 1` of running sequence `i`.
@@ -218,6 +235,8 @@ struct Engine {
     /// Blocks promised to running sequences (their whole budget), whether used yet or not:
     /// admission never overcommits, so a running sequence never finds the cache full.
     reserved_blocks: usize,
+    /// Oldest first; their pages count against admission until evicted.
+    idle: VecDeque<Idle>,
 }
 
 impl Engine {
@@ -291,16 +310,77 @@ impl Engine {
         tokens.div_ceil(BLOCK_TOKENS)
     }
 
+    fn idle_blocks(&self) -> usize {
+        self.idle
+            .iter()
+            .map(|s| Self::blocks_for(s.tokens.len()))
+            .sum()
+    }
+
+    /// The idle sequence sharing the longest usable prefix with `req`'s prompt, and that
+    /// prefix's length (at least the prompt's last token is always recomputed, for its logits).
+    fn best_idle(&self, req: &EngineRequest) -> Option<(usize, usize)> {
+        let limit = req.prompt.len().saturating_sub(1);
+        self.idle
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let mut common = s
+                    .tokens
+                    .iter()
+                    .zip(&req.prompt)
+                    .take_while(|(a, b)| a == b)
+                    .count()
+                    .min(limit);
+                if req.prompt_logprobs {
+                    // Skipped positions need their scores from the earlier request.
+                    common = if s.top_n == req.top_n {
+                        common.min(s.scores.len())
+                    } else {
+                        0
+                    };
+                }
+                (i, common)
+            })
+            .filter(|&(_, common)| common > 0)
+            .max_by_key(|&(i, common)| (common, i))
+    }
+
     /// Admits queued requests, oldest first, while their whole budget fits in the cache.
     fn admit(&mut self) {
         while let Some(front) = self.waiting.front() {
             let budget =
                 (front.prompt.len() + front.max_new_tokens).min(self.model.config.max_context);
             let need = Self::blocks_for(budget);
-            if self.reserved_blocks + need > self.total_blocks {
+            let reuse = self.best_idle(front);
+            // Idle sequences give their pages back, oldest first, when a request needs them.
+            let mut idle_held = self.idle_blocks();
+            if let Some((i, _)) = reuse {
+                idle_held -= Self::blocks_for(self.idle[i].tokens.len());
+            }
+            let mut evict = 0;
+            while self.reserved_blocks + idle_held + need > self.total_blocks
+                && evict < self.idle.len()
+            {
+                if reuse.is_none_or(|(i, _)| i != evict) {
+                    idle_held -= Self::blocks_for(self.idle[evict].tokens.len());
+                }
+                evict += 1;
+            }
+            if self.reserved_blocks + idle_held + need > self.total_blocks {
                 // FIFO without skipping: a long request is not starved by short ones.
                 break;
             }
+            let reused = reuse.map(|(i, common)| (self.idle[i].seq, common));
+            let (cache, mut j) = (&mut self.cache, 0);
+            self.idle.retain(|s| {
+                let keep = j >= evict || reused.is_some_and(|(seq, _)| seq == s.seq);
+                if !keep {
+                    cache.remove_sequence(s.seq);
+                }
+                j += 1;
+                keep
+            });
             let Some(req) = self.waiting.pop_front() else {
                 break;
             };
@@ -317,7 +397,28 @@ impl Engine {
                     .send(Event::Error("the prompt has no tokens".into()));
                 continue;
             }
-            let seq = self.cache.add_sequence();
+            let (seq, fed, prompt_scores) = match reused {
+                Some((seq, common)) => {
+                    let at = self.idle.iter().position(|s| s.seq == seq);
+                    let mut idle = at
+                        .and_then(|at| self.idle.remove(at))
+                        .expect("the reused sequence is idle");
+                    if self.cache.truncate(seq, common).is_err() {
+                        self.cache.remove_sequence(seq);
+                        (self.cache.add_sequence(), 0, Vec::new())
+                    } else {
+                        self.metrics.prompt_tokens_cached.add(common as u64);
+                        let scores = if req.prompt_logprobs {
+                            idle.scores.truncate(common);
+                            idle.scores
+                        } else {
+                            Vec::new()
+                        };
+                        (seq, common, scores)
+                    }
+                }
+                None => (self.cache.add_sequence(), 0, Vec::new()),
+            };
             self.reserved_blocks += need;
             let sampler = Sampler::new(req.sampling.clone());
             let tokens = req.prompt.clone();
@@ -325,11 +426,11 @@ impl Engine {
                 prompt_len: tokens.len(),
                 tokens,
                 seq,
-                fed: 0,
+                fed,
                 generated: 0,
                 sampler,
                 reserved_blocks: need,
-                prompt_scores: Vec::new(),
+                prompt_scores,
                 done: false,
                 req,
             });
@@ -340,9 +441,12 @@ impl Engine {
         let m = &self.metrics;
         m.requests_running.set(self.running.len() as i64);
         m.requests_waiting.set(self.waiting.len() as i64);
+        // Pages of idle sequences are counted apart: any request may take them.
         let free_blocks = self.cache.free_tokens() / BLOCK_TOKENS;
+        let cached = self.idle_blocks();
         m.kv_pages_used
-            .set(self.total_blocks.saturating_sub(free_blocks) as i64);
+            .set(self.total_blocks.saturating_sub(free_blocks + cached) as i64);
+        m.kv_pages_cached.set(cached as i64);
     }
 
     /// One forward pass over a decode token of every generating sequence and prompt chunks.
@@ -438,7 +542,8 @@ impl Engine {
         let max_context = self.model.config.max_context;
         let r = &mut self.running[i];
         if r.generated == 0 && r.req.prompt_logprobs {
-            let scores = std::mem::take(&mut r.prompt_scores);
+            // Kept (not taken): a later request may reuse this sequence and its scores.
+            let scores = r.prompt_scores.clone();
             if r.req.events.send(Event::Prompt(scores)).is_err() {
                 r.done = true;
                 return;
@@ -480,12 +585,35 @@ impl Engine {
         while i < self.running.len() {
             if self.running[i].done {
                 let r = self.running.swap_remove(i);
-                self.cache.remove_sequence(r.seq);
                 self.reserved_blocks -= r.reserved_blocks;
+                self.keep_idle(r);
             } else {
                 i += 1;
             }
         }
+    }
+
+    /// Keeps a finished sequence's cache for reuse (the oldest idle one goes when full).
+    fn keep_idle(&mut self, r: Running) {
+        if r.fed == 0 {
+            self.cache.remove_sequence(r.seq);
+            return;
+        }
+        if self.idle.len() >= MAX_IDLE {
+            if let Some(old) = self.idle.pop_front() {
+                self.cache.remove_sequence(old.seq);
+            }
+        }
+        let mut tokens = r.tokens;
+        tokens.truncate(r.fed);
+        let mut scores = r.prompt_scores;
+        scores.truncate(r.fed.saturating_sub(1));
+        self.idle.push_back(Idle {
+            seq: r.seq,
+            tokens,
+            scores,
+            top_n: r.req.top_n,
+        });
     }
 
     /// Ends every request with an error and empties the cache.
@@ -496,6 +624,9 @@ impl Engine {
         }
         for r in self.waiting.drain(..) {
             let _ = r.events.send(Event::Error(message.to_string()));
+        }
+        for s in self.idle.drain(..) {
+            self.cache.remove_sequence(s.seq);
         }
         self.reserved_blocks = 0;
         self.publish_gauges();

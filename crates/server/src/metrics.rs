@@ -118,6 +118,8 @@ pub const OUTCOMES: &[&str] = &[
 pub struct Metrics {
     requests: Vec<Counter>, // (OUTCOMES.len())
     pub prompt_tokens: Counter,
+    /// Prompt tokens whose keys and values were reused from a finished sequence.
+    pub prompt_tokens_cached: Counter,
     pub generated_tokens: Counter,
     pub queue_seconds: Histogram,
     pub time_to_first_token_seconds: Histogram,
@@ -129,6 +131,8 @@ pub struct Metrics {
     pub requests_running: Gauge,
     pub requests_waiting: Gauge,
     pub kv_pages_used: Gauge,
+    /// Pages of finished sequences kept for prefix reuse (free for any request to take).
+    pub kv_pages_cached: Gauge,
     pub kv_pages_total: Gauge,
 }
 
@@ -137,6 +141,7 @@ impl Default for Metrics {
         Metrics {
             requests: OUTCOMES.iter().map(|_| Counter::default()).collect(),
             prompt_tokens: Counter::default(),
+            prompt_tokens_cached: Counter::default(),
             generated_tokens: Counter::default(),
             queue_seconds: Histogram::new(SECONDS),
             time_to_first_token_seconds: Histogram::new(SECONDS),
@@ -148,6 +153,7 @@ impl Default for Metrics {
             requests_running: Gauge::default(),
             requests_waiting: Gauge::default(),
             kv_pages_used: Gauge::default(),
+            kv_pages_cached: Gauge::default(),
             kv_pages_total: Gauge::default(),
         }
     }
@@ -196,6 +202,12 @@ impl Metrics {
         );
         counter(
             &mut out,
+            "meditron_prompt_tokens_cached_total",
+            "Prompt tokens reused from the cache of a finished sequence (not recomputed)",
+            self.prompt_tokens_cached.get(),
+        );
+        counter(
+            &mut out,
             "meditron_generated_tokens_total",
             "Tokens generated",
             self.generated_tokens.get(),
@@ -218,8 +230,14 @@ impl Metrics {
         gauge(
             &mut out,
             "meditron_kv_pages_used",
-            "KV cache pages (16 tokens each) in use",
+            "KV cache pages (16 tokens each) in use by running requests",
             self.kv_pages_used.get(),
+        );
+        gauge(
+            &mut out,
+            "meditron_kv_pages_cached",
+            "KV cache pages of finished requests kept for prefix reuse (evicted when needed)",
+            self.kv_pages_cached.get(),
         );
         gauge(
             &mut out,

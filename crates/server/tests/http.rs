@@ -628,3 +628,37 @@ async fn shutdown_finishes_streams_in_flight_and_refuses_new_requests() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_repeated_prefix_is_reused_with_the_same_results() {
+    let url = server_or_skip!();
+    let prompt = "Patient history: a 54-year-old man with chest pain radiating to the left arm, \
+                  sweating and nausea for two hours. Most likely diagnosis:";
+    let body = json!({"inputs": prompt, "parameters": {"max_new_tokens": 6, "details": true, "decoder_input_details": true}});
+    let first = post(&format!("{url}/generate"), &body).await.json();
+    let before = metric(&url, "meditron_prompt_tokens_cached_total").await;
+    let second = post(&format!("{url}/generate"), &body).await.json();
+    let after = metric(&url, "meditron_prompt_tokens_cached_total").await;
+    assert!(
+        after > before,
+        "the second request recomputed its whole prompt"
+    );
+    assert_eq!(first["generated_text"], second["generated_text"]);
+    let (a, b) = (
+        first["details"]["prefill"].as_array().unwrap(),
+        second["details"]["prefill"].as_array().unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b).skip(1) {
+        let (x, y) = (
+            x["logprob"].as_f64().unwrap(),
+            y["logprob"].as_f64().unwrap(),
+        );
+        assert!((x - y).abs() < 1e-4, "prefill logprob {x} vs {y}");
+    }
+    // A longer prompt that starts the same way (the next turn of a chat) reuses it too.
+    let longer = json!({"inputs": format!("{prompt} myocardial infarction. Next step:"), "parameters": {"max_new_tokens": 4}});
+    let r = post(&format!("{url}/generate"), &longer).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(metric(&url, "meditron_prompt_tokens_cached_total").await > after);
+}
