@@ -86,6 +86,10 @@ fn check_options(o: &Options, cfg: &LlamaConfig) -> Result<()> {
             o.model.display()
         );
     }
+    formats::gptq::check_bits(o.params.bits).map_err(anyhow::Error::msg)?;
+    if !(0.0..=1.0).contains(&o.params.damp) {
+        bail!("damping {} is outside [0, 1]", o.params.damp);
+    }
     if o.format == CheckpointFormat::V1 && !o.params.sym {
         bail!(
             "--asym needs --format gptq_v2: v1 (gptq) checkpoints cannot store a zero point of 0"

@@ -261,6 +261,12 @@ fn asymmetric_v2_rtn_and_refusals() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("multiple of 32"), "{e}");
+    // Refused before any calibration work (and before the output directory is made).
+    let e = quantize_model(&options(&src, &bad, params(5, None, false)))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bits = 5"), "{e}");
+    assert!(!bad.exists());
     // The output directory now holds a model: refused.
     let e = quantize_model(&o).unwrap_err().to_string();
     assert!(e.contains("already holds a model"), "{e}");
