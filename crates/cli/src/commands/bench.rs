@@ -29,7 +29,14 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    if super::bench_cuda::run_if_cuda(&args.cuda, &args.model, args.n_prompt, args.n_gen, args.repetitions, args.json)? {
+    if super::bench_cuda::run_if_cuda(
+        &args.cuda,
+        &args.model,
+        args.n_prompt,
+        args.n_gen,
+        args.repetitions,
+        args.json,
+    )? {
         return Ok(());
     }
     if args.repetitions == 0 {
