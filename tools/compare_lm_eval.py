@@ -124,6 +124,9 @@ def main():
     ap.add_argument("--tasks", default="pubmedqa,medmcqa")
     ap.add_argument("--limit", type=int, help="first N questions of each task")
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--concurrency", type=int, default=1,
+                    help="lm-eval's num_concurrent; 1 lets the server reuse each question's context "
+                    "across its options (prefix cache)")
     ap.add_argument("--max-diff", type=float, default=0.5, help="allowed accuracy difference, points")
     ap.add_argument("--keep", help="keep the work files in this directory")
     args = ap.parse_args()
@@ -164,7 +167,7 @@ def main():
         cmd = [
             sys.executable, "-m", "lm_eval", "--model", "local-completions",
             "--model_args", f"model=meditron,base_url={url}/v1/completions,tokenizer_backend=remote,"
-            "num_concurrent=8,max_retries=1,max_length=4096",
+            f"num_concurrent={args.concurrency},max_retries=1,max_length=4096",
             "--tasks", ",".join(f"{t}_local" for t in tasks), "--include_path", work,
             "--output_path", os.path.join(work, "lm-eval"), "--log_samples", *limit_args,
         ]

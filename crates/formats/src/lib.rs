@@ -8,8 +8,8 @@
 
 mod error;
 pub mod ggml;
-pub mod gptq;
 pub mod gguf;
+pub mod gptq;
 pub mod hf_config;
 pub mod safetensors;
 
