@@ -325,21 +325,23 @@ impl Engine {
             .iter()
             .enumerate()
             .map(|(i, s)| {
-                let mut common = s
+                let same = s
                     .tokens
                     .iter()
                     .zip(&req.prompt)
                     .take_while(|(a, b)| a == b)
-                    .count()
-                    .min(limit);
-                if req.prompt_logprobs {
-                    // Skipped positions need their scores from the earlier request.
-                    common = if s.top_n == req.top_n {
-                        common.min(s.scores.len())
-                    } else {
-                        0
-                    };
-                }
+                    .count();
+                let common = if !req.prompt_logprobs {
+                    same.min(limit)
+                } else if s.top_n == req.top_n {
+                    // Skipped positions take their scores from the earlier request, and
+                    // `scores[k]` scores token k + 1: only scores of matching tokens carry
+                    // over, so the last matching position is computed again to score the
+                    // first token that differs.
+                    same.saturating_sub(1).min(s.scores.len()).min(limit)
+                } else {
+                    0
+                };
                 (i, common)
             })
             .filter(|&(_, common)| common > 0)

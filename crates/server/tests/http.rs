@@ -662,3 +662,46 @@ async fn a_repeated_prefix_is_reused_with_the_same_results() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert!(metric(&url, "meditron_prompt_tokens_cached_total").await > after);
 }
+
+#[tokio::test]
+async fn prompt_log_probabilities_after_a_shared_prefix_are_those_of_the_new_prompt() {
+    let url = server_or_skip!();
+    // lm-eval's pattern: one context, then each answer option scored after it.
+    let context = "Question: does aspirin lower the risk of a second heart attack in adults \
+                   with known coronary disease?\nAnswer:";
+    let details = |option: &str, top_n: u32| {
+        json!({"inputs": format!("{context}{option}"), "parameters": {
+            "max_new_tokens": 1, "details": true, "decoder_input_details": true,
+            "top_n_tokens": top_n}})
+    };
+    let logprobs = |v: &Value| -> Vec<f64> {
+        v["details"]["prefill"].as_array().unwrap()[1..]
+            .iter()
+            .map(|t| t["logprob"].as_f64().unwrap())
+            .collect()
+    };
+    // The reference: nothing idle shares this context with the same top_n_tokens.
+    let reference = post(&format!("{url}/generate"), &details(" no", 2))
+        .await
+        .json();
+    post(&format!("{url}/generate"), &details(" yes", 0))
+        .await
+        .json();
+    let before = metric(&url, "meditron_prompt_tokens_cached_total").await;
+    let reused = post(&format!("{url}/generate"), &details(" no", 0))
+        .await
+        .json();
+    assert!(
+        metric(&url, "meditron_prompt_tokens_cached_total").await > before,
+        "the context was not reused"
+    );
+    let (want, got) = (logprobs(&reference), logprobs(&reused));
+    assert_eq!(want.len(), got.len());
+    for (k, (x, y)) in want.iter().zip(&got).enumerate() {
+        assert!(
+            (x - y).abs() < 1e-3,
+            "prompt token {}: logprob {y}, fresh {x}",
+            k + 1
+        );
+    }
+}
