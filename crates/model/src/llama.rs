@@ -5,6 +5,7 @@
 use crate::config::ModelConfig;
 use crate::kv_cache::{KvCache, SeqId};
 use crate::weights::Matrix;
+use kernels::cpu::attention::{attend, attend_causal, CausalScratch};
 use kernels::cpu::matmul::matmul_many;
 use kernels::cpu::ops::{rms_norm, rope, rope_inv_freq, swiglu};
 use kernels::cpu::{matmul, ThreadPool};
@@ -44,9 +45,17 @@ pub struct BatchToken {
 
 #[derive(Debug)]
 pub enum ForwardError {
-    TokenOutOfRange { token: u32, n_vocab: usize },
-    ContextExceeded { pos: usize, max_context: usize },
+    TokenOutOfRange {
+        token: u32,
+        n_vocab: usize,
+    },
+    ContextExceeded {
+        pos: usize,
+        max_context: usize,
+    },
     Cache(crate::kv_cache::CacheError),
+    /// A failure of the device a backend runs on (the GPU), as its message.
+    Device(String),
 }
 
 impl std::fmt::Display for ForwardError {
@@ -61,6 +70,7 @@ impl std::fmt::Display for ForwardError {
                 "position {pos} is past the model's context length of {max_context} tokens"
             ),
             ForwardError::Cache(e) => write!(f, "{e}"),
+            ForwardError::Device(e) => write!(f, "{e}"),
         }
     }
 }
@@ -205,7 +215,7 @@ impl Llama {
                 });
             }
         }
-        self.reserve_positions(batch, cache)?;
+        Self::reserve_positions(batch, cache)?;
 
         let mut s = Scratch {
             x: vec![0.0; n * c.hidden],
@@ -327,8 +337,9 @@ impl Llama {
 
     /// Grows each sequence's cache to cover the batch's positions before any layer runs, so a
     /// full cache fails the whole batch up front instead of half-way through.
-    fn reserve_positions(
-        &self,
+    /// Makes room in `cache` for the batch's positions: each sequence continues where its cache
+    /// ends, or is truncated to its first position in the batch (a rewrite).
+    pub fn reserve_positions(
         batch: &[BatchToken],
         cache: &mut KvCache,
     ) -> Result<(), ForwardError> {
@@ -399,30 +410,78 @@ impl Llama {
             .map(|t| cache.view(t.seq))
             .collect::<Result<Vec<_>, _>>()?;
         let out_ptr = SharedSlice(out.as_mut_ptr());
-        // One job per (token, kv head): the query heads of a group share each cached row.
-        pool.for_ranges(batch.len() * c.n_kv_heads, 1, |range| {
+        let tiles = prefill_tiles(batch);
+        let group_len = group * hd;
+        // One job per (tile, kv head): the query heads of a group, and the tokens of a
+        // prefill tile, share each cached row.
+        pool.for_ranges(tiles.len() * c.n_kv_heads, 1, |range| {
             let mut scores = Vec::new();
-            let mut acc = vec![0f32; group * hd];
+            let mut scratch = CausalScratch::default();
+            let mut acc = Vec::new();
             for job in range {
-                let (i, kvh) = (job / c.n_kv_heads, job % c.n_kv_heads);
-                let runs = views[i].runs(layer, batch[i].pos + 1);
-                let q0 = i * c.q_dim() + kvh * group * hd;
-                kernels::cpu::attention::attend(
-                    &q[q0..q0 + group * hd],
-                    &runs,
-                    kvh * hd,
-                    c.kv_dim(),
-                    hd,
-                    scale,
-                    &mut scores,
-                    &mut acc,
-                );
-                // SAFETY: job (i, kvh) owns this disjoint stretch of `out`.
-                unsafe { out_ptr.write(q0, &acc) };
+                let ((i, t), kvh) = (tiles[job / c.n_kv_heads], job % c.n_kv_heads);
+                let q0 = i * c.q_dim() + kvh * group_len;
+                acc.resize(t * group_len, 0.0);
+                if t == 1 {
+                    let runs = views[i].runs(layer, batch[i].pos + 1);
+                    attend(
+                        &q[q0..q0 + group_len],
+                        &runs,
+                        kvh * hd,
+                        c.kv_dim(),
+                        hd,
+                        scale,
+                        &mut scores,
+                        &mut acc,
+                    );
+                } else {
+                    let runs = views[i].runs(layer, batch[i].pos + t);
+                    attend_causal(
+                        &q[q0..],
+                        c.q_dim(),
+                        t,
+                        &runs,
+                        kvh * hd,
+                        c.kv_dim(),
+                        hd,
+                        scale,
+                        batch[i].pos,
+                        &mut scratch,
+                        &mut acc,
+                    );
+                }
+                for (k, a) in acc.chunks_exact(group_len).enumerate() {
+                    // SAFETY: job (tile, kvh) owns these disjoint stretches of `out`.
+                    unsafe { out_ptr.write((i + k) * c.q_dim() + kvh * group_len, a) };
+                }
             }
         });
         Ok(())
     }
+}
+
+/// Tokens per attention tile of a prefill: enough to amortize converting the cache, small
+/// enough that a few hundred prompt tokens still make several jobs per thread.
+const ATTENTION_TILE: usize = 16;
+
+/// The batch cut into (first index, length) runs of one sequence at consecutive positions, at
+/// most [`ATTENTION_TILE`] long; a decode token is a run of one.
+fn prefill_tiles(batch: &[BatchToken]) -> Vec<(usize, usize)> {
+    let mut tiles = Vec::new();
+    let mut i = 0;
+    while i < batch.len() {
+        let mut j = i + 1;
+        while j < batch.len()
+            && j - i < ATTENTION_TILE
+            && batch[j].seq == batch[i].seq
+            && batch[j].pos == batch[j - 1].pos + 1
+        {
+            j += 1;
+        }
+        tiles.push((i, j - i));
+        i = j;
+    }
+    tiles
 }
 
 #[derive(Clone, Copy)]

@@ -47,6 +47,86 @@ pub fn attend(
     );
 }
 
+/// Scratch buffers of [`attend_causal`], kept by the caller between calls.
+#[derive(Default)]
+pub struct CausalScratch {
+    /// Keys in f32, transposed: (head_dim, positions rounded up to 16).
+    kt: Vec<f32>,
+    /// Values in f32: (positions, head_dim).
+    v: Vec<f32>,
+    /// (t * group, positions rounded up to 16).
+    scores: Vec<f32>,
+}
+
+/// Causal attention of `t` consecutive positions `first..first + t` of one sequence (a prefill
+/// tile), for the `group` query heads that share one key/value head: token i's queries are
+/// `q[i * q_stride..][..group * head_dim]`, it sees cached positions `0..=first + i`, and its
+/// outputs go to `out[i * group * head_dim..][..group * head_dim]`. `runs` covers at least
+/// `first + t` positions. The cache is read and converted once for all `t * group` query rows
+/// instead of once per token, and scores come out of a small matrix product (keys transposed),
+/// so no horizontal sums.
+#[allow(clippy::too_many_arguments)]
+pub fn attend_causal(
+    q: &[f32],
+    q_stride: usize,
+    t: usize,
+    runs: &[KvRun],
+    offset: usize,
+    stride: usize,
+    head_dim: usize,
+    scale: f32,
+    first: usize,
+    scratch: &mut CausalScratch,
+    out: &mut [f32],
+) {
+    let group_len = out.len() / t.max(1);
+    let group = group_len / head_dim;
+    assert!(
+        t > 0 && group > 0 && q.len() >= (t - 1) * q_stride + group_len,
+        "attend_causal: query rows out of bounds"
+    );
+    #[cfg(target_arch = "x86_64")]
+    if Features::get().avx512_vnni && head_dim.is_multiple_of(16) {
+        // SAFETY: the CPU has AVX-512 (F, BW, VL), FMA and F16C; bounds asserted above and
+        // the runs' lengths are checked while converting.
+        unsafe {
+            avx512::attend_causal(
+                q, q_stride, t, runs, offset, stride, head_dim, scale, first, group, scratch, out,
+            )
+        };
+        return;
+    }
+    for i in 0..t {
+        let runs = prefix(runs, first + i + 1);
+        attend(
+            &q[i * q_stride..][..group_len],
+            &runs,
+            offset,
+            stride,
+            head_dim,
+            scale,
+            &mut scratch.scores,
+            &mut out[i * group_len..][..group_len],
+        );
+    }
+}
+
+/// The first `n` positions of `runs`.
+fn prefix<'a>(runs: &[KvRun<'a>], n: usize) -> Vec<KvRun<'a>> {
+    let mut left = n;
+    let mut out = Vec::new();
+    for r in runs {
+        if left == 0 {
+            break;
+        }
+        let take = r.n.min(left);
+        out.push(KvRun { n: take, ..*r });
+        left -= take;
+    }
+    assert_eq!(left, 0, "the cache holds fewer than {n} positions");
+    out
+}
+
 /// Softmax of each of the `group` rows of `scores` (length n_pos each).
 fn softmax_rows(scores: &mut [f32], n_pos: usize) {
     for row in scores.chunks_exact_mut(n_pos) {
@@ -195,6 +275,128 @@ mod simd {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::needless_range_loop)] // index loops over registers read best here
+mod avx512 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// Query rows per pass: 4 rows x 4 vectors of 16 dims = 16 accumulators.
+    const ROWS: usize = 4;
+
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn attend_causal(
+        q: &[f32],
+        q_stride: usize,
+        t: usize,
+        runs: &[KvRun],
+        offset: usize,
+        stride: usize,
+        hd: usize,
+        scale: f32,
+        first: usize,
+        group: usize,
+        scratch: &mut CausalScratch,
+        out: &mut [f32],
+    ) {
+        let n = first + t;
+        let np = n.next_multiple_of(16);
+        let rows = t * group;
+        let CausalScratch { kt, v, scores } = scratch;
+        // Keys transposed (padding keys are zero) and values, converted once.
+        kt.clear();
+        kt.resize(hd * np, 0.0);
+        v.clear();
+        v.resize(n * hd, 0.0);
+        let mut p = 0;
+        for run in runs {
+            for r in 0..run.n {
+                if p == n {
+                    break;
+                }
+                let (k, vs) = (
+                    &run.keys[r * stride + offset..][..hd],
+                    &run.values[r * stride + offset..][..hd],
+                );
+                for d in (0..hd).step_by(16) {
+                    let kv = _mm512_cvtph_ps(_mm256_loadu_si256(k.as_ptr().add(d) as *const _));
+                    let mut tmp = [0f32; 16];
+                    _mm512_storeu_ps(tmp.as_mut_ptr(), kv);
+                    for (j, x) in tmp.iter().enumerate() {
+                        *kt.get_unchecked_mut((d + j) * np + p) = *x;
+                    }
+                    let vv = _mm512_cvtph_ps(_mm256_loadu_si256(vs.as_ptr().add(d) as *const _));
+                    _mm512_storeu_ps(v.as_mut_ptr().add(p * hd + d), vv);
+                }
+                p += 1;
+            }
+        }
+        assert_eq!(p, n, "the cache holds fewer than {n} positions");
+        // Row r is query head r % group of token r / group, which sees len(r) positions.
+        let len = |r: usize| first + r / group + 1;
+        let q_row = |r: usize| q.as_ptr().add((r / group) * q_stride + (r % group) * hd);
+        scores.clear();
+        scores.resize(rows * np, 0.0);
+        let vscale = _mm512_set1_ps(scale);
+        // ---- scores = Q K^T, 4 rows x 16 positions per block ----
+        for r0 in (0..rows).step_by(ROWS) {
+            let rn = (rows - r0).min(ROWS);
+            let qp: [*const f32; ROWS] = std::array::from_fn(|j| q_row(r0 + j.min(rn - 1)));
+            for b in 0..len(r0 + rn - 1).div_ceil(16) {
+                let mut acc = [_mm512_setzero_ps(); ROWS];
+                for d in 0..hd {
+                    let kv = _mm512_loadu_ps(kt.as_ptr().add(d * np + b * 16));
+                    for j in 0..ROWS {
+                        acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(*qp[j].add(d)), kv, acc[j]);
+                    }
+                }
+                for j in 0..rn {
+                    let at = scores.as_mut_ptr().add((r0 + j) * np + b * 16);
+                    _mm512_storeu_ps(at, _mm512_mul_ps(acc[j], vscale));
+                }
+            }
+        }
+        // ---- causal softmax: positions past a row's length weigh 0 ----
+        for r in 0..rows {
+            let row = &mut scores[r * np..(r + 1) * np];
+            let (seen, masked) = row.split_at_mut(len(r));
+            super::super::ops::softmax(seen);
+            masked.fill(0.0);
+        }
+        // ---- out = P V, 4 rows x 64 dims per pass ----
+        for r0 in (0..rows).step_by(ROWS) {
+            let rn = (rows - r0).min(ROWS);
+            let sp: [*const f32; ROWS] =
+                std::array::from_fn(|j| scores.as_ptr().add((r0 + j.min(rn - 1)) * np));
+            let reach = len(r0 + rn - 1);
+            for d0 in (0..hd).step_by(64) {
+                let dn = (hd - d0).min(64) / 16;
+                let mut acc = [[_mm512_setzero_ps(); 4]; ROWS];
+                for p in 0..reach {
+                    let vr = v.as_ptr().add(p * hd + d0);
+                    let mut vv = [_mm512_setzero_ps(); 4];
+                    for k in 0..dn {
+                        vv[k] = _mm512_loadu_ps(vr.add(k * 16));
+                    }
+                    for j in 0..ROWS {
+                        let w = _mm512_set1_ps(*sp[j].add(p));
+                        for k in 0..dn {
+                            acc[j][k] = _mm512_fmadd_ps(w, vv[k], acc[j][k]);
+                        }
+                    }
+                }
+                for j in 0..rn {
+                    for k in 0..dn {
+                        let at = out.as_mut_ptr().add((r0 + j) * hd + d0 + k * 16);
+                        _mm512_storeu_ps(at, acc[j][k]);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -254,6 +456,87 @@ mod tests {
             }
             // Each output is a convex combination of values in [-1, 1].
             assert!(want.iter().all(|v| v.abs() <= 1.0 + 1e-5));
+        }
+    }
+
+    #[test]
+    fn causal_tiles_match_one_token_at_a_time() {
+        let mut rng = Rng::new(21);
+        for (group, hd, n_kv, first, t) in [
+            (3usize, 64usize, 3usize, 0usize, 16usize),
+            (3, 64, 3, 37, 16),
+            (8, 128, 2, 5, 7),
+            (1, 32, 1, 100, 3),
+            (2, 16, 4, 15, 1),
+            (3, 24, 2, 9, 5), // head_dim not a multiple of 16: the per-token path
+        ] {
+            let stride = n_kv * hd;
+            let n = first + t;
+            // The cache split in runs of 16 positions, as pages.
+            let data: Vec<(Vec<f16>, Vec<f16>, usize)> = (0..n.div_ceil(16))
+                .map(|b| {
+                    let len = (n - b * 16).min(16);
+                    let mut mk = || {
+                        (0..len * stride)
+                            .map(|_| f16::from_f32(rng.f32()))
+                            .collect()
+                    };
+                    (mk(), mk(), len)
+                })
+                .collect();
+            let runs: Vec<KvRun> = data
+                .iter()
+                .map(|(k, v, n)| KvRun {
+                    keys: k,
+                    values: v,
+                    n: *n,
+                })
+                .collect();
+            let q_stride = group * hd * n_kv + 5;
+            let q: Vec<f32> = (0..t * q_stride).map(|_| rng.f32() * 3.0).collect();
+            let scale = 1.0 / (hd as f32).sqrt();
+            for kvh in 0..n_kv {
+                let q0 = kvh * group * hd;
+                let mut got = vec![f32::NAN; t * group * hd];
+                let mut scratch = CausalScratch::default();
+                attend_causal(
+                    &q[q0..],
+                    q_stride,
+                    t,
+                    &runs,
+                    kvh * hd,
+                    stride,
+                    hd,
+                    scale,
+                    first,
+                    &mut scratch,
+                    &mut got,
+                );
+                for i in 0..t {
+                    let rows = &q[q0 + i * q_stride..][..group * hd];
+                    let seen = prefix(&runs, first + i + 1);
+                    let mut want = vec![0f32; group * hd];
+                    let mut s = vec![0f32; group * (first + i + 1)];
+                    portable(
+                        rows,
+                        &seen,
+                        kvh * hd,
+                        stride,
+                        hd,
+                        scale,
+                        group,
+                        first + i + 1,
+                        &mut s,
+                        &mut want,
+                    );
+                    for (a, b) in got[i * group * hd..][..group * hd].iter().zip(&want) {
+                        assert!(
+                            (a - b).abs() < 2e-5,
+                            "{a} vs {b} (token {i}, group {group}, hd {hd})"
+                        );
+                    }
+                }
+            }
         }
     }
 }
