@@ -85,6 +85,7 @@ fn upload_q(gpu: &Gpu, p: &Packed) -> Result<QLinear> {
         bits: p.bits,
         group_size: p.group_size,
         kw: crate::kernels::default_kw(p.bits, p.n),
+        seg: [p.n, p.n],
     };
     q.validate()?;
     Ok(q)
@@ -215,9 +216,15 @@ pub fn check_all(gpu: &Gpu) -> Result<Report> {
             gptq_dequant(gpu, &q, w16.ptr)?;
             let wd: Vec<u16> = gpu.read(&w16, 0, k * n)?;
             let wdf: Vec<f32> = wd.iter().map(|&v| f(v)).collect();
+            // Rows come back in the checkpoint's original order.
+            let mut wref_orig = vec![0f32; k * n];
+            for kk in 0..k {
+                let o = p.perm.as_ref().map_or(kk, |pm| pm[kk] as usize);
+                wref_orig[o * n..(o + 1) * n].copy_from_slice(&wref[kk * n..(kk + 1) * n]);
+            }
             r.check(
-                &format!("gptq_dequant {bits}-bit group {group:?} act {act}"),
-                rel_err(&wdf, &wref),
+                &format!("gptq_dequant {bits}-bit group {group:?} act {act} (original order)"),
+                rel_err(&wdf, &wref_orig),
                 1e-3,
             );
             if bits == 4 {
@@ -244,6 +251,9 @@ pub fn check_all(gpu: &Gpu) -> Result<Report> {
         }
     }
 
+    check_load_repack(gpu, &mut rng, &mut r)?;
+    check_tc(gpu, &mut rng, &mut r)?;
+
     for heads in [
         Heads {
             n_heads: 64,
@@ -259,6 +269,290 @@ pub fn check_all(gpu: &Gpu) -> Result<Report> {
         check_llama_ops(gpu, &mut rng, heads, &mut r)?;
     }
     Ok(r)
+}
+
+/// Checkpoint tensors of a fused linear (parts with their own act-order g_idx), as a loader sees
+/// them: (qweight, qzeros, scales, g_idx) per part, and the CPU repack of each part.
+#[allow(clippy::type_complexity)]
+fn random_parts(
+    rng: &mut Rng,
+    bits: u32,
+    k: usize,
+    ns: &[usize],
+    gs: usize,
+    sym: bool,
+) -> Vec<(Vec<u32>, Vec<u32>, Vec<u16>, Vec<i32>, Packed)> {
+    let groups = k.div_ceil(gs);
+    ns.iter()
+        .map(|&n| {
+            let codes: Vec<u32> = (0..k * n).map(|_| rng.u32() % (1 << bits)).collect();
+            let zeros: Vec<u32> = (0..groups * n)
+                .map(|_| {
+                    if sym {
+                        (1 << (bits - 1)) - 1
+                    } else {
+                        rng.u32() % ((1 << bits) - 1)
+                    }
+                })
+                .collect();
+            let s = 1.0 / ((1u32 << bits) as f32 / 12f32.sqrt() * (k as f32).sqrt());
+            let scales: Vec<u16> = (0..groups * n)
+                .map(|_| h(s * (0.5 + (rng.u32() % 1000) as f32 / 1000.0)))
+                .collect();
+            let mut order: Vec<usize> = (0..k).collect();
+            for i in (1..k).rev() {
+                order.swap(i, rng.u32() as usize % (i + 1));
+            }
+            let mut g_idx = vec![0i32; k];
+            for (rank, &row) in order.iter().enumerate() {
+                g_idx[row] = (rank / gs) as i32;
+            }
+            let qweight = crate::gptq::gptq_pack_rows(&codes, bits, k, n);
+            let qzeros = crate::gptq::gptq_pack_cols(&zeros, bits, groups, n);
+            let p = repack(&GptqTensors {
+                bits,
+                k,
+                n,
+                group_size: gs,
+                qweight: &qweight,
+                qzeros: &qzeros,
+                scales: &scales,
+                g_idx: &g_idx,
+                zero_offset: 1,
+            })
+            .expect("valid random layer");
+            (qweight, qzeros, scales, g_idx, p)
+        })
+        .collect()
+}
+
+/// The loader's GPU repack of a fused linear with parts of different permutations.
+fn gpu_fused(
+    gpu: &Gpu,
+    bits: u32,
+    k: usize,
+    gs: usize,
+    parts: &[(Vec<u32>, Vec<u32>, Vec<u16>, Vec<i32>, Packed)],
+) -> Result<QLinear> {
+    let n: usize = parts.iter().map(|p| p.4.n).sum();
+    let groups = k.div_ceil(gs);
+    let mut perms = Vec::new();
+    for p in parts {
+        let pm = crate::load::sort_by_group(&p.3, gs, groups)?
+            .unwrap_or_else(|| (0..k as i32).collect());
+        perms.extend(pm);
+    }
+    let perm = gpu.upload(&perms)?;
+    let qw = gpu.alloc(k / 32 * bits as usize * n * 4)?;
+    let scales = gpu.alloc(groups * n * 2)?;
+    let zeros = gpu.alloc(groups * n)?;
+    let mut col0 = 0;
+    let mut seg = [n, n];
+    for (i, p) in parts.iter().enumerate() {
+        if i > 0 {
+            seg[i - 1] = col0;
+        }
+        let np = p.4.n;
+        let (raw, qz, sc) = (gpu.upload(&p.0)?, gpu.upload(&p.1)?, gpu.upload(&p.2)?);
+        crate::kernels::gptq_repack_on_gpu(
+            gpu,
+            bits,
+            raw.ptr,
+            perm.ptr + (i * k * 4) as u64,
+            qw.ptr,
+            k,
+            np,
+            n,
+            col0,
+        )?;
+        crate::kernels::copy_cols_u16(gpu, sc.ptr, scales.ptr, groups, np, n, col0)?;
+        crate::kernels::gptq_zeros_on_gpu(gpu, bits, qz.ptr, zeros.ptr, groups, np, n, col0, 1)?;
+        gpu.sync()?;
+        col0 += np;
+    }
+    let q = QLinear {
+        qw,
+        scales,
+        zeros: Some(zeros),
+        perm: Some(perm),
+        inv_perm: None,
+        k,
+        n,
+        bits,
+        group_size: gs,
+        kw: crate::kernels::default_kw(bits, n),
+        seg,
+    };
+    q.validate()?;
+    Ok(q)
+}
+
+/// y[b][c] over the fused linear's parts: part p reads x through its own permutation.
+fn fused_ref(
+    parts: &[(Vec<u32>, Vec<u32>, Vec<u16>, Vec<i32>, Packed)],
+    x: &[f32],
+    rows: usize,
+    k: usize,
+) -> Vec<f32> {
+    let n: usize = parts.iter().map(|p| p.4.n).sum();
+    let mut y = vec![0f32; rows * n];
+    let mut col0 = 0;
+    for p in parts {
+        let pk = &p.4;
+        let w = pk.dequant_ref();
+        for b in 0..rows {
+            for kk in 0..k {
+                let xv = x[b * k + pk.perm.as_ref().map_or(kk, |pm| pm[kk] as usize)];
+                for c in 0..pk.n {
+                    y[b * n + col0 + c] += xv * w[kk * pk.n + c];
+                }
+            }
+        }
+        col0 += pk.n;
+    }
+    y
+}
+
+/// x [rows][k] gathered per part and shuffled into the pair order: [nseg][rows][k] fp16.
+fn fused_x(
+    parts: &[(Vec<u32>, Vec<u32>, Vec<u16>, Vec<i32>, Packed)],
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    bits: u32,
+) -> Vec<u16> {
+    let mut out = vec![0u16; parts.len() * rows * k];
+    for (s, p) in parts.iter().enumerate() {
+        for b in 0..rows {
+            for kk in 0..k {
+                let v = x[b * k + p.4.perm.as_ref().map_or(kk, |pm| pm[kk] as usize)];
+                out[(s * rows + b) * k + crate::gptq::xpos(kk, bits)] = h(v);
+            }
+        }
+    }
+    out
+}
+
+/// The loader's path: checkpoint tensors repacked on the GPU equal the CPU repack bit for bit,
+/// and a fused linear whose parts have different permutations multiplies right (GEMV per part
+/// segment, and the dequantizer's per-part un-permutation).
+fn check_load_repack(gpu: &Gpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
+    let k = 2304usize; // 18 groups of 128
+    for bits in [4u32, 3, 8] {
+        let gs = 128;
+        let parts = random_parts(rng, bits, k, &[192, 64, 96], gs, false);
+        let q = gpu_fused(gpu, bits, k, gs, &parts)?;
+        let n = q.n;
+        let groups = k / gs;
+        // Bit-exact against the CPU repack, column range by column range.
+        let words: Vec<u32> = gpu.read(&q.qw, 0, k / 32 * bits as usize * n)?;
+        let zeros: Vec<u8> = gpu.read(q.zeros.as_ref().unwrap(), 0, groups * n)?;
+        let scales: Vec<u16> = gpu.read(&q.scales, 0, groups * n)?;
+        let mut bad = 0usize;
+        let mut col0 = 0;
+        for p in &parts {
+            let pk = &p.4;
+            for row in 0..k / 32 * bits as usize {
+                for c in 0..pk.n {
+                    bad += usize::from(words[row * n + col0 + c] != pk.words[row * pk.n + c]);
+                }
+            }
+            for g in 0..groups {
+                for c in 0..pk.n {
+                    let z = pk
+                        .zeros
+                        .as_ref()
+                        .map_or(1u8 << (bits - 1), |z| z[g * pk.n + c]);
+                    bad += usize::from(zeros[g * n + col0 + c] != z);
+                    bad += usize::from(scales[g * n + col0 + c] != pk.scales[g * pk.n + c]);
+                }
+            }
+            col0 += pk.n;
+        }
+        r.check(
+            &format!(
+                "GPU repack of checkpoint tensors {bits}-bit act-order asym, 3 parts (mismatches)"
+            ),
+            bad as f64,
+            0.0,
+        );
+        // GEMV over the fused linear, 1 and 3 rows.
+        for rows in [1usize, 3] {
+            let x: Vec<f32> = (0..rows * k).map(|_| f(h(rng.normal()))).collect();
+            let yref = fused_ref(&parts, &x, rows, k);
+            let xd = gpu.upload(&fused_x(&parts, &x, rows, k, bits))?;
+            let out = poisoned(gpu, q.splits() * rows * n * 4)?;
+            let s = gptq_gemv(gpu, &q, xd.ptr, out.ptr, rows)?;
+            let pr: Vec<f32> = gpu.read(&out, 0, s * rows * n)?;
+            let y: Vec<f32> = (0..rows * n)
+                .map(|i| (0..s).map(|j| pr[j * rows * n + i]).sum())
+                .collect();
+            r.check(
+                &format!("gptq_gemv {bits}-bit fused parts with own permutations, rows {rows}"),
+                rel_err(&y, &yref),
+                4e-3,
+            );
+        }
+        // Dequantizer: each part's rows back in original order.
+        let w16 = poisoned(gpu, k * n * 2)?;
+        gptq_dequant(gpu, &q, w16.ptr)?;
+        let wd: Vec<u16> = gpu.read(&w16, 0, k * n)?;
+        let mut wref = vec![0f32; k * n];
+        let mut col0 = 0;
+        for p in &parts {
+            let pk = &p.4;
+            let w = pk.dequant_ref();
+            for kk in 0..k {
+                let o = pk.perm.as_ref().map_or(kk, |pm| pm[kk] as usize);
+                for c in 0..pk.n {
+                    wref[o * n + col0 + c] = w[kk * pk.n + c];
+                }
+            }
+            col0 += pk.n;
+        }
+        let wdf: Vec<f32> = wd.iter().map(|&v| f(v)).collect();
+        r.check(
+            &format!("gptq_dequant {bits}-bit fused parts (original order)"),
+            rel_err(&wdf, &wref),
+            1e-3,
+        );
+    }
+    Ok(())
+}
+
+/// The tensor-core kernel for 9..32 rows against the reference (4-bit; sym and asym zeros,
+/// group 128 / none, a fused linear with per-part permutations).
+fn check_tc(gpu: &Gpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
+    let k = 2304usize;
+    for (gs, sym, ns) in [
+        (128usize, true, vec![448usize]),
+        (k, false, vec![320]),
+        (128, false, vec![192, 64, 128]),
+    ] {
+        let parts = random_parts(rng, 4, k, &ns, gs, sym);
+        let q = gpu_fused(gpu, 4, k, gs, &parts)?;
+        let n = q.n;
+        for rows in [9usize, 17, 32] {
+            let x: Vec<f32> = (0..rows * k).map(|_| f(h(rng.normal()))).collect();
+            let yref = fused_ref(&parts, &x, rows, k);
+            let xd = gpu.upload(&fused_x(&parts, &x, rows, k, 4))?;
+            let out = poisoned(gpu, k.div_ceil(crate::kernels::TC_KCH) * rows * n * 4)?;
+            let s = crate::kernels::gptq_gemm_tc(gpu, &q, xd.ptr, out.ptr, rows)?;
+            let pr: Vec<f32> = gpu.read(&out, 0, s * rows * n)?;
+            let y: Vec<f32> = (0..rows * n)
+                .map(|i| (0..s).map(|j| pr[j * rows * n + i]).sum())
+                .collect();
+            r.check(
+                &format!(
+                    "gptq_gemm_tc 4-bit group {gs} sym {sym} parts {} rows {rows}",
+                    ns.len()
+                ),
+                rel_err(&y, &yref),
+                2e-3,
+            );
+        }
+    }
+    Ok(())
 }
 
 fn check_llama_ops(gpu: &Gpu, rng: &mut Rng, hd: Heads, r: &mut Report) -> Result<()> {
@@ -329,7 +623,7 @@ fn check_llama_ops(gpu: &Gpu, rng: &mut Rng, hd: Heads, r: &mut Report) -> Resul
     let ss = gpu.alloc(rows * hid.div_ceil(256) * 4)?;
     // Written in the 4-bit GEMV's pair order, read back through gptq::xpos.
     ops.add_rmsnorm(
-        pd.ptr, s, rows, hd_.ptr, wd.ptr, pm.ptr, out.ptr, hid, 1e-5, ss.ptr, 4,
+        pd.ptr, s, rows, hd_.ptr, wd.ptr, pm.ptr, out.ptr, hid, 1e-5, ss.ptr, 4, 1,
     )?;
     let got: Vec<u16> = gpu.read(&out, 0, rows * hid)?;
     let y: Vec<f32> = (0..rows * hid)
@@ -615,6 +909,7 @@ pub fn time_kernels(gpu: &Gpu, peak_gbs: f64) -> Result<Vec<String>> {
                     bits,
                     group_size: gs,
                     kw: 64,
+                    seg: [n, n],
                 });
             }
             let x = gpu.alloc(k * 2)?;
@@ -647,6 +942,48 @@ pub fn time_kernels(gpu: &Gpu, peak_gbs: f64) -> Result<Vec<String>> {
                 bytes as f64 / peak_gbs / 1e3
             ));
             }
+        }
+    }
+    // Tensor-core kernel for batched decode (4-bit g128), 16 and 32 rows.
+    for (name, k, n) in shapes {
+        let gs = 128;
+        let qw = gpu.alloc(k / 32 * 4 * n * 4)?;
+        ops.fill_u32(&qw, 91)?;
+        let scales = gpu.alloc(k / gs * n * 2)?;
+        ops.fill_f16(&scales, 5, 1e-3, 2e-3)?;
+        let w = QLinear {
+            qw,
+            scales,
+            zeros: None,
+            perm: None,
+            inv_perm: None,
+            k,
+            n,
+            bits: 4,
+            group_size: gs,
+            kw: 64,
+            seg: [n, n],
+        };
+        let x = gpu.alloc(32 * k * 2)?;
+        ops.fill_f16(&x, 9, -1.0, 1.0)?;
+        let out = gpu.alloc(k.div_ceil(crate::kernels::TC_KCH) * 32 * n * 4)?;
+        for rows in [16usize, 32] {
+            crate::kernels::gptq_gemm_tc(gpu, &w, x.ptr, out.ptr, rows)?;
+            let mut times: Vec<f64> = (0..20)
+                .map(|_| {
+                    gpu.time(|| {
+                        crate::kernels::gptq_gemm_tc(gpu, &w, x.ptr, out.ptr, rows).map(|_| ())
+                    })
+                })
+                .collect::<Result<_>>()?;
+            times.sort_by(|a, b| a.total_cmp(b));
+            let ms = times[10];
+            let gbs = w.weight_bytes() as f64 / ms / 1e6;
+            lines.push(format!(
+                "gptq_gemm_tc 4-bit g128 rows {rows:2} {name:8} K={k:5} N={n:5}: {:7.1} us, {gbs:6.0} GB/s of weights ({:.0}%)",
+                ms * 1e3,
+                100.0 * gbs / peak_gbs
+            ));
         }
     }
     // lm_head in fp16.

@@ -523,6 +523,85 @@ impl Gpu {
     }
 }
 
+/// Page-locked host memory (fast, asynchronous host-to-device copies), freed on drop.
+pub struct Pinned {
+    ptr: *mut u8,
+    pub bytes: usize,
+}
+
+// SAFETY: plain host memory; the owner decides who writes it when.
+unsafe impl Send for Pinned {}
+unsafe impl Sync for Pinned {}
+
+impl Pinned {
+    pub fn as_mut_ptr(&self) -> *mut u8 {
+        self.ptr
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        if !self.ptr.is_null() {
+            // SAFETY: allocated by cuMemHostAlloc, freed once.
+            unsafe { cu::cuMemFreeHost(self.ptr as *mut c_void) };
+        }
+    }
+}
+
+impl Gpu {
+    /// `bytes` of page-locked host memory.
+    pub fn pinned(&self, bytes: usize) -> Result<Pinned> {
+        let mut p: *mut c_void = std::ptr::null_mut();
+        // SAFETY: out-pointer owned here.
+        check(
+            unsafe { cu::cuMemHostAlloc(&mut p, bytes.max(1), 0) },
+            &format!("allocating {bytes} bytes of pinned host memory"),
+        )?;
+        Ok(Pinned {
+            ptr: p as *mut u8,
+            bytes,
+        })
+    }
+
+    /// Asynchronous copy of `bytes` at `src` (inside `pinned`) to device address `dst`, on the
+    /// main stream. The caller keeps the pinned memory unchanged until the copy is done.
+    pub fn copy_pinned(
+        &self,
+        dst: u64,
+        pinned: &Pinned,
+        offset: usize,
+        bytes: usize,
+    ) -> Result<()> {
+        if offset + bytes > pinned.bytes {
+            bail!(
+                "pinned copy of {bytes} bytes at {offset} overruns {} bytes",
+                pinned.bytes
+            );
+        }
+        // SAFETY: in bounds of a live pinned allocation; dst is a device address of the caller's.
+        check(
+            unsafe {
+                cu::cuMemcpyHtoDAsync_v2(
+                    dst,
+                    pinned.ptr.add(offset) as *const c_void,
+                    bytes,
+                    self.stream,
+                )
+            },
+            "host-to-device copy",
+        )
+    }
+
+    /// Device-to-device copy on the main stream.
+    pub fn copy_dtod(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
+        // SAFETY: device addresses of live allocations of at least `bytes` (callers check).
+        check(
+            unsafe { cu::cuMemcpyDtoDAsync_v2(dst, src, bytes, self.stream) },
+            "device-to-device copy",
+        )
+    }
+}
+
 pub struct Graph {
     exec: cu::CUgraphExec,
 }
@@ -557,6 +636,14 @@ impl Event {
         check(
             unsafe { cu::cuStreamWaitEvent(stream, self.0, 0) },
             "cuStreamWaitEvent",
+        )
+    }
+    /// Blocks the calling thread until the recorded work is done.
+    pub fn synchronize(&self) -> Result<()> {
+        // SAFETY: live event.
+        check(
+            unsafe { cu::cuEventSynchronize(self.0) },
+            "cuEventSynchronize",
         )
     }
     pub fn elapsed_since(&self, start: &Event) -> Result<f64> {

@@ -34,6 +34,10 @@ pub struct QLinear {
     pub group_size: usize,
     /// Input rows per warp in the GEMV (64 or 128): see `default_kw`.
     pub kw: usize,
+    /// Column bounds of the parts of a fused linear whose act-order permutations differ
+    /// (q | k | v, gate | up): columns >= seg[0] (>= seg[1]) use permutation 1 (2), whose input
+    /// is gathered separately; [n, n] when there is one permutation (or none).
+    pub seg: [usize; 2],
 }
 
 /// Rows of K per warp chunk of the GEMV. 8-bit: 64 (the words of 128 rows would not fit in
@@ -59,6 +63,20 @@ pub fn default_kw(bits: u32, n: usize) -> usize {
 }
 
 impl QLinear {
+    /// Input permutations (and gathered copies of the input): 1, 2 or 3.
+    pub fn nseg(&self) -> usize {
+        1 + usize::from(self.seg[0] < self.n) + usize::from(self.seg[1] < self.n)
+    }
+    /// Whether `rows` activation rows take the tensor-core kernel (4-bit, 9..=32 rows, parts
+    /// aligned to its 64-column warps).
+    pub fn tc(&self, rows: usize) -> bool {
+        self.bits == 4
+            && (9..=TC_MAX_ROWS).contains(&rows)
+            && self
+                .seg
+                .iter()
+                .all(|&b| b == self.n || b.is_multiple_of(64))
+    }
     /// K splits the GEMV produces partial sums for.
     pub fn splits(&self) -> usize {
         self.k.div_ceil(self.kw * 8)
@@ -130,9 +148,141 @@ pub fn gptq_gemv(gpu: &Gpu, w: &QLinear, x: u64, out: u64, nb: usize) -> Result<
             &(w.k as i32),
             &(w.n as i32),
             &(w.group_size as i32),
+            &(w.seg[0] as i32),
+            &(w.seg[1] as i32),
+            &((nb * w.k / 2) as i32),
         ],
     )?;
     Ok(splits)
+}
+
+/// Most activation rows of the tensor-core kernel, and the input rows each of its blocks covers.
+pub const TC_MAX_ROWS: usize = 32;
+pub const TC_KCH: usize = 1024;
+
+/// Batched 4-bit product on the tensor cores for 9..=32 rows; x as for `gptq_gemv` (sorted,
+/// pair order, one copy per segment). out: [splits][rows][N] f32. Returns the split count.
+pub fn gptq_gemm_tc(gpu: &Gpu, w: &QLinear, x: u64, out: u64, rows: usize) -> Result<usize> {
+    if !w.tc(rows) {
+        bail!(
+            "tensor-core GEMM: {}-bit, {rows} rows, parts {:?} not supported",
+            w.bits,
+            w.seg
+        );
+    }
+    let m = gpu.module(
+        "gptq",
+        &sources()[0].1,
+        &[("BITS", 4), ("NT", rows.div_ceil(8) as i64)],
+    )?;
+    let f = m.func("gptq_gemm_tc")?;
+    let splits = w.k.div_ceil(TC_KCH);
+    let zeros = w.zeros.as_ref().map_or(0, |z| z.ptr);
+    gpu.launch(
+        &f,
+        (w.n.div_ceil(256) as u32, splits as u32, 1),
+        128,
+        0,
+        &[
+            &w.qw.ptr,
+            &w.scales.ptr,
+            &zeros,
+            &x,
+            &out,
+            &(w.k as i32),
+            &(w.n as i32),
+            &(w.group_size as i32),
+            &(rows as i32),
+            &(w.seg[0] as i32),
+            &(w.seg[1] as i32),
+            &((rows * w.k / 2) as i32),
+            &(TC_KCH as i32),
+        ],
+    )?;
+    Ok(splits)
+}
+
+/// Checkpoint qweight columns (AutoGPTQ packing, on the device at `raw`, [K * bits / 32][ncols])
+/// into `dst` (the kernel layout of a linear with `n` columns) at columns col0.., rows sorted by
+/// `perm` (device [K] i32, 0 = identity).
+#[allow(clippy::too_many_arguments)]
+pub fn gptq_repack_on_gpu(
+    gpu: &Gpu,
+    bits: u32,
+    raw: u64,
+    perm: u64,
+    dst: u64,
+    k: usize,
+    ncols: usize,
+    n: usize,
+    col0: usize,
+) -> Result<()> {
+    let m = gpu.module("gptq", &sources()[0].1, &[("BITS", bits as i64)])?;
+    gpu.launch(
+        &m.func("gptq_repack")?,
+        (ncols.div_ceil(256) as u32, (k / 32) as u32, 1),
+        256,
+        0,
+        &[
+            &raw,
+            &perm,
+            &dst,
+            &(k as i32),
+            &(ncols as i32),
+            &(n as i32),
+            &(col0 as i32),
+        ],
+    )
+}
+
+/// Checkpoint qzeros [G][ncols * bits / 32] (device) into byte zero points [G][n] at col0...
+#[allow(clippy::too_many_arguments)]
+pub fn gptq_zeros_on_gpu(
+    gpu: &Gpu,
+    bits: u32,
+    qz: u64,
+    dst: u64,
+    groups: usize,
+    ncols: usize,
+    n: usize,
+    col0: usize,
+    offset: u32,
+) -> Result<()> {
+    let m = gpu.module("gptq", &sources()[0].1, &[("BITS", bits as i64)])?;
+    gpu.launch(
+        &m.func("gptq_unpack_zeros")?,
+        (ncols.div_ceil(256) as u32, groups as u32, 1),
+        256,
+        0,
+        &[
+            &qz,
+            &dst,
+            &(ncols as i32),
+            &(n as i32),
+            &(col0 as i32),
+            &(offset as i32),
+        ],
+    )
+}
+
+/// dst[r][col0 + c] = src[r][c], 16-bit values, `rows` x `ncols` into a row stride of `n`.
+pub fn copy_cols_u16(
+    gpu: &Gpu,
+    src: u64,
+    dst: u64,
+    rows: usize,
+    ncols: usize,
+    n: usize,
+    col0: usize,
+) -> Result<()> {
+    let m = gpu.module("gptq", &sources()[0].1, &[("BITS", 4)])?;
+    gpu.launch(
+        &m.func("copy_cols_u16")?,
+        (ncols.div_ceil(256) as u32, rows as u32, 1),
+        256,
+        0,
+        &[&src, &dst, &(ncols as i32), &(n as i32), &(col0 as i32)],
+    )
 }
 
 /// (registers, local bytes) of the GEMV variant `gptq_gemv` would launch for `w` and `nb`.
@@ -156,7 +306,7 @@ pub fn gptq_gemv_resources(gpu: &Gpu, w: &QLinear, nb: usize) -> Result<(i32, i3
     m.func("gptq_gemv")?.resources()
 }
 
-/// Dequantizes to fp16 [K][N] (sorted row order) at `dst`, on `stream`.
+/// Dequantizes to fp16 [K][N] at `dst`, rows in the checkpoint's original order, on `stream`.
 pub fn gptq_dequant_on(gpu: &Gpu, side: bool, w: &QLinear, dst: u64) -> Result<()> {
     let m = gpu.module("gptq", &sources()[0].1, &[("BITS", w.bits as i64)])?;
     let f = m.func("gptq_dequant")?;
@@ -175,11 +325,14 @@ pub fn gptq_dequant_on(gpu: &Gpu, side: bool, w: &QLinear, dst: u64) -> Result<(
             &(w.k as i32),
             &(w.n as i32),
             &(w.group_size as i32),
+            &w.perm.as_ref().map_or(0, |p| p.ptr),
+            &(w.seg[0] as i32),
+            &(w.seg[1] as i32),
         ],
     )
 }
 
-/// Dequantizes to fp16 [K][N] (sorted row order) at `dst`.
+/// Dequantizes to fp16 [K][N] (original row order) at `dst`.
 pub fn gptq_dequant(gpu: &Gpu, w: &QLinear, dst: u64) -> Result<()> {
     gptq_dequant_on(gpu, false, w, dst)
 }
@@ -235,8 +388,9 @@ impl<'g> Ops<'g> {
     }
 
     /// h += sum of `s` partials; out = fp16(rmsnorm(h) * w) gathered through perm into the
-    /// consumer's pair layout (`xbits`: its weight bits, 16 for fp16/cuBLAS). `ss`: scratch of
-    /// rows * ceil(hidden / 256) f32.
+    /// consumer's pair layout (`xbits`: its weight bits, 16 for fp16/cuBLAS), `nseg` copies
+    /// (perm [nseg][hidden], out [nseg][rows][hidden]). `ss`: scratch of rows * ceil(hidden /
+    /// 256) f32.
     #[allow(clippy::too_many_arguments)]
     pub fn add_rmsnorm(
         &self,
@@ -251,6 +405,7 @@ impl<'g> Ops<'g> {
         eps: f32,
         ss: u64,
         xbits: u32,
+        nseg: usize,
     ) -> Result<()> {
         let m = self.m()?;
         let nb = hidden.div_ceil(256);
@@ -273,7 +428,7 @@ impl<'g> Ops<'g> {
         )?;
         self.gpu.launch(
             &m.func("rmsnorm_gather")?,
-            (nb as u32, rows as u32, 1),
+            (nb as u32, rows as u32, nseg.max(1) as u32),
             256,
             0,
             &[

@@ -9,6 +9,8 @@ pub mod driver;
 pub mod gptq;
 pub mod kernels;
 pub mod llama;
+pub mod load;
+pub mod serve;
 
 pub use driver::{driver_present, Gpu};
 
@@ -34,6 +36,10 @@ mod tests {
                     let src = format!("#define BITS {bits}\n#define NB {nb}\n#define KW {kw}\n#define SPF {spf}\n{gptq}");
                     driver::compile("gptq", &src, arch).unwrap_or_else(|e| panic!("{e:#}"));
                 }
+            }
+            for nt in [2, 3, 4] {
+                let src = format!("#define BITS 4\n#define NT {nt}\n{gptq}");
+                driver::compile("gptq", &src, arch).unwrap_or_else(|e| panic!("{e:#}"));
             }
             for (hd, gqa) in [(128, 8), (64, 3)] {
                 let src = format!("#define HD {hd}\n#define GQA {gqa}\n{llama}");

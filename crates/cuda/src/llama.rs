@@ -4,7 +4,9 @@
 //! the decode step captured as a CUDA graph.
 
 use crate::driver::{Buf, Event, Gpu, Graph};
-use crate::kernels::{gptq_dequant_on, gptq_gemv, Heads, Ops, QLinear, ATTN_SPLIT, PAGE};
+use crate::kernels::{
+    gptq_dequant_on, gptq_gemm_tc, gptq_gemv, Heads, Ops, QLinear, ATTN_SPLIT, PAGE,
+};
 use anyhow::{bail, Context, Result};
 use std::cell::Cell;
 use std::path::Path;
@@ -72,24 +74,40 @@ impl Linear {
             Linear::F16 { n, .. } => *n,
         }
     }
+    /// Whether `rows` rows go through dequantize + cuBLAS (weights back in original row order,
+    /// input neither gathered nor shuffled) rather than a GEMV or the tensor-core kernel.
+    fn blas(&self, rows: usize) -> bool {
+        match self {
+            Linear::Q(q) => rows > 8 && !q.tc(rows),
+            Linear::F16 { .. } => rows > 8,
+        }
+    }
     /// The layout its input must be written in for `rows` rows: the GEMV's pair order for GPTQ
     /// at decode sizes, plain (16) for fp16 weights and cuBLAS.
     fn xbits(&self, rows: usize) -> u32 {
         match self {
-            Linear::Q(q) if rows <= 8 => q.bits,
+            Linear::Q(q) if !self.blas(rows) => q.bits,
             _ => 16,
         }
     }
-    fn perm(&self) -> u64 {
+    /// The input gather (act-order permutation, one per part) for `rows` rows; 0 = none.
+    fn perm(&self, rows: usize) -> u64 {
         match self {
-            Linear::Q(q) => q.perm.as_ref().map_or(0, |p| p.ptr),
-            Linear::F16 { .. } => 0,
+            Linear::Q(q) if !self.blas(rows) => q.perm.as_ref().map_or(0, |p| p.ptr),
+            _ => 0,
         }
     }
-    fn inv_perm(&self) -> u64 {
+    /// Gathered copies of the input for `rows` rows.
+    fn nseg(&self, rows: usize) -> usize {
         match self {
-            Linear::Q(q) => q.inv_perm.as_ref().map_or(0, |p| p.ptr),
-            Linear::F16 { .. } => 0,
+            Linear::Q(q) if !self.blas(rows) => q.nseg(),
+            _ => 1,
+        }
+    }
+    fn inv_perm(&self, rows: usize) -> u64 {
+        match self {
+            Linear::Q(q) if !self.blas(rows) => q.inv_perm.as_ref().map_or(0, |p| p.ptr),
+            _ => 0,
         }
     }
     pub fn bytes(&self) -> usize {
@@ -200,6 +218,7 @@ fn synthetic_q(
         bits,
         group_size: group,
         kw: crate::kernels::default_kw(bits, n),
+        seg: [n, n],
     };
     q.validate()?;
     Ok(q)
@@ -297,101 +316,9 @@ pub fn synthetic(
     })
 }
 
-/// Loads a Hugging Face Llama directory with fp16/bf16/f32 safetensors as fp16 on the GPU.
+/// Loads a Hugging Face Llama directory (GPTQ, or fp16/bf16/f32 safetensors as fp16) on the GPU.
 pub fn load_hf(gpu: &Gpu, dir: &Path) -> Result<Model> {
-    let c = formats::hf_config::LlamaConfig::from_file(&dir.join("config.json"))
-        .with_context(|| format!("reading {}/config.json", dir.display()))?;
-    if c.quantization_config.is_some() {
-        bail!(
-            "{}: GPTQ checkpoints are not loaded by the CUDA backend yet (fp16 only)",
-            dir.display()
-        );
-    }
-    let cfg = Config {
-        hidden: c.hidden_size,
-        inter: c.intermediate_size,
-        n_heads: c.num_attention_heads,
-        n_kv: c.kv_heads(),
-        head_dim: c.head_dim(),
-        n_layers: c.num_hidden_layers,
-        vocab: c.vocab_size,
-        eps: c.rms_norm_eps as f32,
-        rope_theta: c.rope_theta,
-    };
-    if c.rope_scaling.is_some() {
-        bail!(
-            "{}: rope_scaling is not supported by the CUDA backend",
-            dir.display()
-        );
-    }
-    let w = formats::safetensors::ModelWeights::open_dir(dir)
-        .with_context(|| format!("opening safetensors in {}", dir.display()))?;
-    let get = |name: &str, shape: &[usize]| -> Result<Vec<u16>> {
-        let t = w
-            .tensor(name)
-            .with_context(|| format!("{}: tensor {name} is missing", dir.display()))?;
-        if t.shape != shape {
-            bail!(
-                "{}: tensor {name} has shape {:?}, expected {shape:?}",
-                t.file.display(),
-                t.shape
-            );
-        }
-        Ok(t.to_f32_vec()
-            .with_context(|| format!("reading {name}"))?
-            .iter()
-            .map(|&x| half::f16::from_f32(x).to_bits())
-            .collect())
-    };
-    let up = |v: Vec<u16>| gpu.upload(&v);
-    let (h, i) = (cfg.hidden, cfg.inter);
-    let (qd, kvd) = (cfg.n_heads * cfg.head_dim, cfg.n_kv * cfg.head_dim);
-    let mut layers = Vec::new();
-    for l in 0..cfg.n_layers {
-        let p = format!("model.layers.{l}");
-        let mut qkv = get(&format!("{p}.self_attn.q_proj.weight"), &[qd, h])?;
-        qkv.extend(get(&format!("{p}.self_attn.k_proj.weight"), &[kvd, h])?);
-        qkv.extend(get(&format!("{p}.self_attn.v_proj.weight"), &[kvd, h])?);
-        let mut gu = get(&format!("{p}.mlp.gate_proj.weight"), &[i, h])?;
-        gu.extend(get(&format!("{p}.mlp.up_proj.weight"), &[i, h])?);
-        layers.push(Layer {
-            attn_norm: up(get(&format!("{p}.input_layernorm.weight"), &[h])?)?,
-            ffn_norm: up(get(&format!("{p}.post_attention_layernorm.weight"), &[h])?)?,
-            qkv: Linear::F16 {
-                w: up(qkv)?,
-                k: h,
-                n: qd + 2 * kvd,
-            },
-            o: Linear::F16 {
-                w: up(get(&format!("{p}.self_attn.o_proj.weight"), &[h, qd])?)?,
-                k: qd,
-                n: h,
-            },
-            gate_up: Linear::F16 {
-                w: up(gu)?,
-                k: h,
-                n: 2 * i,
-            },
-            down: Linear::F16 {
-                w: up(get(&format!("{p}.mlp.down_proj.weight"), &[h, i])?)?,
-                k: i,
-                n: h,
-            },
-        });
-    }
-    let embed = get("model.embed_tokens.weight", &[cfg.vocab, h])?;
-    let lm_head = if w.contains("lm_head.weight") {
-        get("lm_head.weight", &[cfg.vocab, h])?
-    } else {
-        embed.clone()
-    };
-    Ok(Model {
-        embed: up(embed)?,
-        layers,
-        norm: up(get("model.norm.weight", &[h])?)?,
-        lm_head: up(lm_head)?,
-        cfg,
-    })
+    crate::load::load(gpu, dir)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -405,16 +332,16 @@ pub struct State {
     pub max_ctx: usize,
     h: Buf,                // [R][H] f32 residual stream
     ss: Buf,               // [R][ceil(H / 256)] f32 sums of squares for RMSNorm
-    xh: Buf,               // [R][max(H, I, NH*HD)] fp16 matmul input
+    pub(crate) xh: Buf,    // [R][max(H, I, NH*HD)] fp16 matmul input
     part: Buf,             // partial sums, [S][R][N] f32
     q: Buf,                // [R][NH][HD] f32
     part_o: Buf,           // [R][NH][nsplit][HD]
     part_ml: Buf,          // [R][NH][nsplit][2]
     w16: Option<[Buf; 2]>, // [K][N] fp16 dequantized weights for prefill GEMMs, double-buffered
     pub logits: Buf,       // [B][V] f32
-    pre_tok: Buf,
-    pre_pos: Buf,
-    pre_seq: Buf, // [R] i32
+    pub(crate) pre_tok: Buf,
+    pub(crate) pre_pos: Buf,
+    pub(crate) pre_seq: Buf, // [R] i32
     pub dec_tok: Buf,
     pub dec_pos: Buf,
     dec_seq: Buf,     // [B] i32
@@ -435,37 +362,56 @@ impl State {
         max_rows: usize,
         max_ctx: usize,
     ) -> Result<State> {
+        let max_pages = max_ctx.div_ceil(PAGE);
+        // Identity page table: sequence s owns pages s * max_pages ...
+        let table: Vec<i32> = (0..(batch * max_pages) as i32).collect();
+        Self::build(gpu, m, batch, max_rows, max_ctx, batch * max_pages, &table)
+    }
+
+    /// `kv_pages` pages of PAGE tokens per layer, and a page table of table.len() / max_pages
+    /// sequences (rewritten later with `set_table` by a server that hands pages out itself).
+    pub fn build(
+        gpu: &Gpu,
+        m: &Model,
+        batch: usize,
+        max_rows: usize,
+        max_ctx: usize,
+        kv_pages: usize,
+        table: &[i32],
+    ) -> Result<State> {
         let c = &m.cfg;
         let rows = batch.max(max_rows);
-        let width = c.hidden.max(c.inter).max(c.n_heads * c.head_dim);
+        let mut width = c.hidden.max(c.inter).max(c.n_heads * c.head_dim);
         let mut part = 0usize;
         let mut w16 = 0usize;
-        let mut any_q = false;
+        let mut any_blas = false;
         for l in &m.layers {
             for lin in [&l.qkv, &l.o, &l.gate_up, &l.down] {
-                // GEMV rows: the decode batch, or a prefill chunk of up to 8 tokens.
-                let gemv_rows = batch.max(max_rows.min(8));
+                // GEMV rows: the decode batch, or a prefill chunk of up to 8 tokens; the
+                // tensor-core kernel makes fewer splits than the GEMV for up to 32.
+                let gemv_rows = batch.max(max_rows.min(crate::kernels::TC_MAX_ROWS));
                 part = part
                     .max(lin.splits() * gemv_rows * lin.n())
                     .max(max_rows * lin.n());
-                if let Linear::Q(_) = lin {
-                    any_q = true;
-                    w16 = w16.max(lin.k() * lin.n());
+                if let Linear::Q(q) = lin {
+                    width = width.max(q.nseg() * q.k);
+                    let blas = (9..=rows).any(|r| lin.blas(r));
+                    if blas {
+                        any_blas = true;
+                        w16 = w16.max(lin.k() * lin.n());
+                    }
                 }
             }
         }
         let nsplit = max_ctx.div_ceil(ATTN_SPLIT);
         let max_pages = max_ctx.div_ceil(PAGE);
-        let kv_bytes = batch * max_pages * PAGE * c.n_kv * c.head_dim * 2;
+        let kv_bytes = kv_pages * PAGE * c.n_kv * c.head_dim * 2;
         let mut kc = Vec::new();
         let mut vc = Vec::new();
         for _ in 0..c.n_layers {
             kc.push(gpu.alloc(kv_bytes)?);
             vc.push(gpu.alloc(kv_bytes)?);
         }
-        // Identity page table: sequence s owns pages s * max_pages ...; a server would hand
-        // pages out from a free list instead.
-        let table: Vec<i32> = (0..(batch * max_pages) as i32).collect();
         let half = c.head_dim / 2;
         let mut cos = vec![0f32; max_ctx * half];
         let mut sin = vec![0f32; max_ctx * half];
@@ -488,12 +434,12 @@ impl State {
             q: gpu.alloc(rows * c.n_heads * c.head_dim * 4)?,
             part_o: gpu.alloc(rows * c.n_heads * nsplit * c.head_dim * 4)?,
             part_ml: gpu.alloc(rows * c.n_heads * nsplit * 2 * 4)?,
-            w16: if any_q && rows > 8 {
+            w16: if any_blas {
                 Some([gpu.alloc(w16 * 2)?, gpu.alloc(w16 * 2)?])
             } else {
                 None
             },
-            logits: gpu.alloc(batch * c.vocab * 4)?,
+            logits: gpu.alloc(rows * c.vocab * 4)?,
             pre_tok: i32s(max_rows)?,
             pre_pos: i32s(max_rows)?,
             pre_seq: i32s(max_rows)?,
@@ -503,11 +449,29 @@ impl State {
             history: i32s(batch * (max_ctx + 1))?,
             kc,
             vc,
-            table: gpu.upload(&table)?,
+            table: gpu.upload(table)?,
             max_pages,
             cos: gpu.upload(&cos)?,
             sin: gpu.upload(&sin)?,
         })
+    }
+
+    /// Rewrites the page table: row s lists sequence s's pages (at most max_ctx / PAGE).
+    pub fn set_table(&self, gpu: &Gpu, rows: &[&[u32]]) -> Result<()> {
+        let mut t = vec![0i32; rows.len() * self.max_pages];
+        for (s, r) in rows.iter().enumerate() {
+            if r.len() > self.max_pages {
+                bail!(
+                    "a sequence of {} pages is longer than the cache's {} positions",
+                    r.len(),
+                    self.max_ctx
+                );
+            }
+            for (i, &p) in r.iter().enumerate() {
+                t[s * self.max_pages + i] = p as i32;
+            }
+        }
+        gpu.write(&self.table, 0, &t)
     }
 
     /// KV cache bytes.
@@ -549,6 +513,7 @@ impl<'g> Runner<'g> {
     ) -> Result<usize> {
         match lin {
             Linear::Q(q) if rows <= 8 => gptq_gemv(self.gpu, q, x, st.part.ptr, rows),
+            Linear::Q(q) if q.tc(rows) => gptq_gemm_tc(self.gpu, q, x, st.part.ptr, rows),
             Linear::Q(q) => {
                 let pf = pf.context("GPTQ prefill without the dequantization pipeline")?;
                 let w16 = pf.take(self)?;
@@ -571,7 +536,7 @@ impl<'g> Runner<'g> {
 
     /// All layers for `rows` tokens whose ids/positions/sequences are in (tok, pos, seq);
     /// leaves the final-normed hidden states in st.xh.
-    fn layers(
+    pub(crate) fn layers(
         &self,
         st: &State,
         rows: usize,
@@ -584,7 +549,7 @@ impl<'g> Runner<'g> {
         let ops = &self.ops;
         let skip = self.only_matmuls.get();
         let pf = match &st.w16 {
-            Some(bufs) if rows > 8 => Some(Prefetch::start(self, bufs)?),
+            Some(bufs) if rows > 8 => Some(Prefetch::start(self, bufs, rows)?),
             _ => None,
         };
         let pf = pf.as_ref();
@@ -600,12 +565,13 @@ impl<'g> Runner<'g> {
                     rows,
                     st.h.ptr,
                     l.attn_norm.ptr,
-                    l.qkv.perm(),
+                    l.qkv.perm(rows),
                     st.xh.ptr,
                     c.hidden,
                     c.eps,
                     st.ss.ptr,
                     l.qkv.xbits(rows),
+                    l.qkv.nseg(rows),
                 )?;
             }
             s = self.matmul(st, &l.qkv, st.xh.ptr, rows, pf)?;
@@ -639,7 +605,7 @@ impl<'g> Runner<'g> {
                     st.part_ml.ptr,
                     nsplit,
                     rows,
-                    l.o.inv_perm(),
+                    l.o.inv_perm(rows),
                     st.xh.ptr,
                     l.o.xbits(rows),
                 )?;
@@ -652,12 +618,13 @@ impl<'g> Runner<'g> {
                     rows,
                     st.h.ptr,
                     l.ffn_norm.ptr,
-                    l.gate_up.perm(),
+                    l.gate_up.perm(rows),
                     st.xh.ptr,
                     c.hidden,
                     c.eps,
                     st.ss.ptr,
                     l.gate_up.xbits(rows),
+                    l.gate_up.nseg(rows),
                 )?;
             }
             s = self.matmul(st, &l.gate_up, st.xh.ptr, rows, pf)?;
@@ -666,7 +633,7 @@ impl<'g> Runner<'g> {
                     st.part.ptr,
                     s,
                     rows,
-                    l.down.inv_perm(),
+                    l.down.inv_perm(rows),
                     st.xh.ptr,
                     c.inter,
                     l.down.xbits(rows),
@@ -687,6 +654,7 @@ impl<'g> Runner<'g> {
                 c.eps,
                 st.ss.ptr,
                 16,
+                1,
             )?;
         }
         Ok(())
@@ -735,6 +703,44 @@ impl<'g> Runner<'g> {
             st.max_ctx + 1,
             true,
         )
+    }
+
+    /// All layers and the lm_head for `rows` rows whose tokens, positions and page-table rows
+    /// are in st.pre_tok / pre_pos / pre_seq: logits [rows][vocab] f32 in st.logits. `nsplit`
+    /// must cover the largest position + 1 in ATTN_SPLIT blocks.
+    pub fn step_rows(&self, st: &State, rows: usize, nsplit: usize) -> Result<()> {
+        let c = &self.model.cfg;
+        if rows == 0 || rows > st.batch.max(st.max_rows) {
+            bail!("{rows} rows do not fit the state's {}", st.max_rows);
+        }
+        self.layers(
+            st,
+            rows,
+            st.pre_tok.ptr,
+            st.pre_pos.ptr,
+            st.pre_seq.ptr,
+            nsplit,
+        )?;
+        if rows <= 8 {
+            self.ops.gemv_f16(
+                self.model.lm_head.ptr,
+                st.xh.ptr,
+                st.logits.ptr,
+                c.hidden,
+                c.vocab,
+                rows,
+            )
+        } else {
+            self.gpu.gemm_f16(
+                st.xh.ptr,
+                self.model.lm_head.ptr,
+                st.logits.ptr,
+                rows,
+                c.vocab,
+                c.hidden,
+                false,
+            )
+        }
     }
 
     pub fn capture_decode(&self, st: &State) -> Result<Graph> {
@@ -813,12 +819,14 @@ struct Prefetch<'a> {
 }
 
 impl<'a> Prefetch<'a> {
-    fn start(r: &Runner<'a>, bufs: &'a [Buf; 2]) -> Result<Prefetch<'a>> {
+    fn start(r: &Runner<'a>, bufs: &'a [Buf; 2], rows: usize) -> Result<Prefetch<'a>> {
         let mut lins = Vec::new();
         for l in &r.model.layers {
             for lin in [&l.qkv, &l.o, &l.gate_up, &l.down] {
                 if let Linear::Q(q) = lin {
-                    lins.push(q);
+                    if lin.blas(rows) {
+                        lins.push(q);
+                    }
                 }
             }
         }

@@ -57,6 +57,7 @@ pub struct KvCache {
     // zeros, which the allocator hands out as untouched zero pages: memory becomes resident
     // only as blocks are used (a vec of f16::ZERO would be written out in full at start).
     data: Vec<u16>,
+    n_blocks: usize,
     free: Vec<u32>,
     seqs: Vec<Option<Sequence>>,
 }
@@ -70,9 +71,22 @@ impl KvCache {
             n_layers,
             kv_dim,
             data: vec![0u16; len],
+            n_blocks,
             free: (0..n_blocks as u32).rev().collect(),
             seqs: Vec::new(),
         }
+    }
+
+    /// Block bookkeeping only, for a backend that keeps the keys and values elsewhere (the GPU)
+    /// at the block indices this cache hands out (`blocks`); `write` and `view` are unusable.
+    pub fn pages_only(max_tokens: usize) -> KvCache {
+        KvCache::new(0, 0, max_tokens)
+    }
+
+    /// The blocks holding a sequence's positions, in order (position p is in block
+    /// `blocks[p / BLOCK_TOKENS]`).
+    pub fn blocks(&self, id: SeqId) -> Result<&[u32], CacheError> {
+        Ok(&self.seq(id)?.blocks)
     }
 
     pub fn add_sequence(&mut self) -> SeqId {
@@ -120,7 +134,7 @@ impl KvCache {
     }
 
     pub fn capacity_tokens(&self) -> usize {
-        self.data.len() / self.block_stride() * BLOCK_TOKENS
+        self.n_blocks * BLOCK_TOKENS
     }
 
     /// Makes positions `seq_len .. seq_len + n` writable (allocating blocks) and counts them in

@@ -1,6 +1,7 @@
 //! Llama-family models on the CPU: configuration, weights, the forward pass, the KV cache,
 //! sampling and the generation loop.
 
+pub mod backend;
 pub mod config;
 pub mod convert;
 pub mod generate;
@@ -11,6 +12,7 @@ pub mod load;
 pub mod sampler;
 pub mod weights;
 
+pub use backend::Forward;
 pub use config::ModelConfig;
 pub use kv_cache::{KvCache, SeqId};
 pub use llama::{BatchToken, ForwardError, Llama};

@@ -54,6 +54,9 @@ pub struct ServeArgs {
     /// Seconds SIGTERM waits for in-flight requests before exiting anyway
     #[arg(long, default_value_t = 30)]
     pub shutdown_timeout: u64,
+    /// Where the model runs: cpu, or cuda (a Hugging Face directory, GPTQ or fp16, on GPU 0)
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 impl ServeArgs {
@@ -75,6 +78,7 @@ impl ServeArgs {
             api_key: None,
             threads: None,
             shutdown_timeout: 30,
+            device: "cpu".into(),
         }
     }
 }

@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use model::generate::FinishReason;
 use model::grammar::JsonConstraint;
 use model::kv_cache::BLOCK_TOKENS;
-use model::{BatchToken, KvCache, Llama, Sampler, SamplingParams, SeqId};
+use model::{BatchToken, Forward, KvCache, Sampler, SamplingParams, SeqId};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -117,8 +117,9 @@ pub struct EngineHandle {
 
 impl EngineHandle {
     /// Starts the engine thread; `make_pool` runs on it, so the pool's thread 0 is the engine.
-    pub fn start(
-        model: Llama,
+    /// `model`: the CPU `Llama`, or a GPU backend (`crate::gpu`).
+    pub fn start<M: Forward + Send + 'static>(
+        model: M,
         eos_ids: Vec<u32>,
         limits: Limits,
         threads: Option<usize>,
@@ -137,7 +138,7 @@ impl EngineHandle {
                 let cache = model.new_cache(limits.max_batch_total_tokens);
                 let mut engine = Engine {
                     total_blocks: cache.capacity_tokens() / BLOCK_TOKENS,
-                    model,
+                    model: Box::new(model),
                     cache,
                     pool,
                     eos_ids,
@@ -223,7 +224,7 @@ enum Row {
 }
 
 struct Engine {
-    model: Llama,
+    model: Box<dyn Forward + Send>,
     cache: KvCache,
     pool: kernels::cpu::ThreadPool,
     eos_ids: Vec<u32>,
@@ -352,7 +353,7 @@ impl Engine {
     fn admit(&mut self) {
         while let Some(front) = self.waiting.front() {
             let budget =
-                (front.prompt.len() + front.max_new_tokens).min(self.model.config.max_context);
+                (front.prompt.len() + front.max_new_tokens).min(self.model.config().max_context);
             let need = Self::blocks_for(budget);
             let reuse = self.best_idle(front);
             // Idle sequences give their pages back, oldest first, when a request needs them.
@@ -510,7 +511,7 @@ impl Engine {
                 return;
             }
         };
-        let n_vocab = self.model.config.n_vocab;
+        let n_vocab = self.model.config().n_vocab;
         for (i, a) in advance.iter().enumerate() {
             self.running[i].fed += a;
         }
@@ -541,7 +542,7 @@ impl Engine {
 
     /// Picks the next token of running sequence `i` from its logits row and sends it.
     fn sample(&mut self, i: usize, logits: &mut [f32]) {
-        let max_context = self.model.config.max_context;
+        let max_context = self.model.config().max_context;
         let r = &mut self.running[i];
         if r.generated == 0 && r.req.prompt_logprobs {
             // Kept (not taken): a later request may reuse this sequence and its scores.

@@ -10,6 +10,7 @@ mod body;
 mod engine;
 mod error;
 mod generation;
+mod gpu;
 mod grammar;
 mod info;
 pub mod metrics;

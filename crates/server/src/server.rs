@@ -50,6 +50,11 @@ impl Server {
     /// Loads the model, resolves the limits against it and starts the engine thread.
     pub fn start(args: &ServeArgs) -> Result<Server> {
         let path = resolve_model(args.model.as_deref())?;
+        match args.device.as_str() {
+            "cpu" => {}
+            "cuda" | "cuda:0" => return Self::start_gpu(args, &path),
+            d => anyhow::bail!("--device {d}: expected cpu or cuda"),
+        }
         let loaded = model::load::load(&path)
             .with_context(|| format!("loading model {}", path.display()))?;
         tracing::info!("loaded {} ({})", path.display(), loaded.describe());
@@ -73,6 +78,37 @@ impl Server {
             loaded.tokenizer,
             loaded.template,
             limits,
+            metrics,
+            model_id,
+            args.api_key.clone().filter(|k| !k.is_empty()),
+            args.payload_limit,
+        ));
+        Ok(Server {
+            state,
+            engine,
+            drain_timeout: Duration::from_secs(args.shutdown_timeout),
+        })
+    }
+
+    /// `--device cuda`: the model on GPU 0, the tokenizer and template from its directory.
+    fn start_gpu(args: &ServeArgs, path: &std::path::Path) -> Result<Server> {
+        let g = crate::gpu::load(path, args)?;
+        tracing::info!(limits = ?g.limits, "limits");
+        let metrics = Arc::new(Metrics::default());
+        let model_id = args.model.clone().unwrap_or_else(|| g.name.clone());
+        let eos_ids = g.tokenizer.eos_ids().to_vec();
+        let engine = EngineHandle::start(
+            g.model,
+            eos_ids,
+            g.limits.clone(),
+            args.threads,
+            metrics.clone(),
+        )?;
+        let state = Arc::new(AppState::new(
+            engine.client(),
+            g.tokenizer,
+            g.template,
+            g.limits,
             metrics,
             model_id,
             args.api_key.clone().filter(|k| !k.is_empty()),

@@ -90,13 +90,17 @@ extern "C" __global__ void __launch_bounds__(256) gptq_gemv(
     const uint4* __restrict__ qw,    // [K / 32 * BITS][N / 4]
     const u16* __restrict__ scales,  // [G][N]
     const u8* __restrict__ zeros,    // [G][N] or null
-    const u32* __restrict__ x,       // [NB][K / 2] fp16 pairs: sorted rows, in pair_map order (xpos)
+    const u32* __restrict__ x,       // [nseg][NB][K / 2] fp16 pairs: sorted rows, in pair_map order (xpos)
     float* __restrict__ out,         // [gridDim.y][NB][N]
-    int K, int N, int group_size) {
+    int K, int N, int group_size,
+    int n1, int n2, int xseg) {      // columns >= n1 (>= n2) read x segment 1 (2), xseg u32 apart
     __shared__ float red[8][NB][128];
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int kb0 = blockIdx.y * KB;
     const int c0 = blockIdx.x * 128 + lane * 4;
+    // Fused linears whose parts have different act-order permutations (q/k/v, gate/up of some
+    // checkpoints) see their input gathered once per part.
+    x += (size_t)((c0 >= n1) + (c0 >= n2)) * xseg;
     const int kw0 = kb0 + warp * KW;
     const bool active = c0 < N && kw0 < K;
 
@@ -267,10 +271,12 @@ __device__ __forceinline__ u32 slab_code(const u32* w, int k) {
 #endif
 }
 
-// W16[k][n] = scale * (q - zero), rows in the sorted order; grid (ceil(N / 256), K / 32).
+// W16[perm[k]][n] = scale * (q - zero): rows back in the checkpoint's original order (so the
+// prefill GEMM needs no activation gather), perm per column segment (see gptq_gemv);
+// grid (ceil(N / 256), K / 32).
 extern "C" __global__ void gptq_dequant(const u32* __restrict__ qw, const u16* __restrict__ scales,
                                         const u8* __restrict__ zeros, u16* __restrict__ w16, int K, int N,
-                                        int group_size) {
+                                        int group_size, const int* __restrict__ perm, int n1, int n2) {
     int n = blockIdx.x * 256 + threadIdx.x, s = blockIdx.y;
     if (n >= N) return;
     u32 w[BITS];
@@ -279,6 +285,188 @@ extern "C" __global__ void gptq_dequant(const u32* __restrict__ qw, const u16* _
     int g = (s * 32) / group_size;
     float sc = h2f(scales[(size_t)g * N + n]);
     float z = zeros ? (float)zeros[(size_t)g * N + n] : (float)(1 << (BITS - 1));
+    const int* pm = perm ? perm + (size_t)((n >= n1) + (n >= n2)) * K : nullptr;
 #pragma unroll
-    for (int k = 0; k < 32; k++) w16[(size_t)(s * 32 + k) * N + n] = f2h(sc * ((float)slab_code(w, k) - z));
+    for (int k = 0; k < 32; k++) {
+        int row = pm ? pm[s * 32 + k] : s * 32 + k;
+        w16[(size_t)row * N + n] = f2h(sc * ((float)slab_code(w, k) - z));
+    }
 }
+
+// ---- Loading: checkpoint tensors (AutoGPTQ packing, already on the device) into the layout above.
+
+// The code of original row r, column n of a GPTQ qweight [K * BITS / 32][ncols] (values packed
+// along K; 3-bit as one bit stream per column).
+__device__ __forceinline__ u32 gptq_code(const u32* __restrict__ raw, int r, int n, int ncols) {
+#if BITS == 3
+    int bit = 3 * r, wi = bit >> 5, sh = bit & 31;
+    u32 v = raw[(size_t)wi * ncols + n] >> sh;
+    if (sh > 29) v |= raw[(size_t)(wi + 1) * ncols + n] << (32 - sh);
+    return v & 7u;
+#else
+    const int per = 32 / BITS;
+    return (raw[(size_t)(r / per) * ncols + n] >> (BITS * (r % per))) & ((1u << BITS) - 1);
+#endif
+}
+
+// out (the kernel layout, N columns) columns [col0, col0 + ncols) = raw's columns with the rows
+// sorted: sorted row k is original row perm[k] (identity when perm is null).
+// grid (ceil(ncols / 256), K / 32), block 256.
+extern "C" __global__ void gptq_repack(const u32* __restrict__ raw, const int* __restrict__ perm,
+                                       u32* __restrict__ out, int K, int ncols, int N, int col0) {
+    int n = blockIdx.x * 256 + threadIdx.x, s = blockIdx.y;
+    if (n >= ncols) return;
+    u32 w[BITS];
+#pragma unroll
+    for (int j = 0; j < BITS; j++) w[j] = 0;
+#pragma unroll
+    for (int k = 0; k < 32; k++) {
+        int r = perm ? perm[s * 32 + k] : s * 32 + k;
+        u32 v = gptq_code(raw, r, n, ncols);
+#if BITS == 4
+        w[k >> 3] |= v << (4 * (k & 7));
+#elif BITS == 8
+        w[k >> 2] |= v << (8 * (k & 3));
+#else
+        {
+            int hi = k >= 16, p = k - 16 * hi;
+            if (p < 15) {
+                w[p / 5] |= v << (3 * (p % 5) + 16 * hi);
+            } else {
+                int sh = 15 + 16 * hi;
+                w[0] |= (v & 1u) << sh;
+                w[1] |= ((v >> 1) & 1u) << sh;
+                w[2] |= ((v >> 2) & 1u) << sh;
+            }
+        }
+#endif
+    }
+#pragma unroll
+    for (int j = 0; j < BITS; j++) out[(size_t)(s * BITS + j) * N + col0 + n] = w[j];
+}
+
+// Zero points: out[g][col0 + n] = stored code of qzeros [G][ncols * BITS / 32] (packed along N)
+// + offset (1 for checkpoint_format "gptq"). grid (ceil(ncols / 256), G), block 256.
+extern "C" __global__ void gptq_unpack_zeros(const u32* __restrict__ qz, u8* __restrict__ out, int ncols, int N,
+                                             int col0, int offset) {
+    int n = blockIdx.x * 256 + threadIdx.x, g = blockIdx.y;
+    if (n >= ncols) return;
+    const u32* row = qz + (size_t)g * (ncols * BITS / 32);
+    u32 v = gptq_code(row, n, 0, 1);
+    out[(size_t)g * N + col0 + n] = (u8)min(v + (u32)offset, 255u);
+}
+
+// dst[r][col0 + c] = src[r][c] for 16-bit values (scales into a fused linear's columns).
+// grid (ceil(ncols / 256), rows), block 256.
+extern "C" __global__ void copy_cols_u16(const u16* __restrict__ src, u16* __restrict__ dst, int ncols, int N,
+                                         int col0) {
+    int c = blockIdx.x * 256 + threadIdx.x, r = blockIdx.y;
+    if (c < ncols) dst[(size_t)r * N + col0 + c] = src[(size_t)r * ncols + c];
+}
+
+#if BITS == 4
+// ---- Batched decode (9..32 rows), 4-bit: dequantize in registers, multiply on the tensor cores.
+// mma.m16n8k16 with W^T as A (16 weight columns x 16 input rows) and x^T as B (16 input rows x
+// 8 activation rows). The k order inside an mma is free as long as A and B agree: lane (g, t)
+// loads word t of a slab for columns g and g + 8, whose 4 fp16 pairs are exactly x's pairs
+// 4t..4t+3 in the GEMV's pair order (xpos), so x comes in as one 16-byte load per 8 rows.
+// grid (ceil(N / 256), ceil(K / kch)); block 128: 4 warps x 64 columns, each warp over the
+// block's kch input rows; out [gridDim.y][rows][N] partial sums. NT = ceil(rows / 8).
+#ifndef NT
+#define NT 4
+#endif
+__device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
+    u32 d;
+    asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
+    return d;
+}
+__device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+extern "C" __global__ void __launch_bounds__(128) gptq_gemm_tc(
+    const u32* __restrict__ qw, const u16* __restrict__ scales, const u8* __restrict__ zeros,
+    const u32* __restrict__ x,  // [nseg][rows][K / 2] pairs, xpos order
+    float* __restrict__ out, int K, int N, int group_size, int rows, int n1, int n2, int xseg, int kch) {
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const int g = lane >> 2, t = lane & 3;
+    const int cb = blockIdx.x * 256 + warp * 64;
+    if (cb >= N) return;
+    x += (size_t)((cb >= n1) + (cb >= n2)) * xseg;  // segment bounds are multiples of 64
+    const int s0 = blockIdx.y * (kch >> 5), s1 = min(K >> 5, s0 + (kch >> 5));
+    float acc[4][NT][4];
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) acc[a][nt][i] = 0.f;
+    int col[8];
+    bool ok[8];
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+        col[i] = cb + 16 * (i >> 1) + g + 8 * (i & 1);
+        ok[i] = col[i] < N;
+    }
+    const u32* xr[NT];
+#pragma unroll
+    for (int nt = 0; nt < NT; nt++) xr[nt] = x + (size_t)min(nt * 8 + g, rows - 1) * (K / 2) + 4 * t;
+
+    for (int sb = s0; sb < s1; sb += 4) {
+        u32 w[4][8];
+#pragma unroll
+        for (int u = 0; u < 4; u++)
+#pragma unroll
+            for (int i = 0; i < 8; i++)
+                w[u][i] = (sb + u < s1 && ok[i]) ? __ldg(qw + (size_t)((sb + u) * 4 + t) * N + col[i]) : 0u;
+#pragma unroll
+        for (int u = 0; u < 4; u++) {
+            const int s = sb + u;
+            if (s >= s1) break;
+            uint4 xv[NT];
+#pragma unroll
+            for (int nt = 0; nt < NT; nt++) xv[nt] = __ldg((const uint4*)(xr[nt] + (size_t)s * 16));
+            const int grp = (s * 32) / group_size;
+#pragma unroll
+            for (int a = 0; a < 4; a++) {
+                u32 q[2][4];
+#pragma unroll
+                for (int h = 0; h < 2; h++) {
+                    const int i = 2 * a + h;
+                    const int c = ok[i] ? col[i] : 0;
+                    const u16 sc = __ldg(scales + (size_t)grp * N + c);
+                    const u32 z = zeros ? (u32)__ldg(zeros + (size_t)grp * N + c) : (1u << (BITS - 1));
+                    const u32 s2 = pack2(sc, sc);
+                    const u32 zlo = (0x6400u | z) * 0x10001u;
+                    const u16 zh = f2h(-(64.f + (float)z));
+                    const u32 zhi = pack2(zh, zh);
+                    const u32 v = w[u][i], v2 = v >> 8;
+                    q[h][0] = hmul2(hsub2((v & 0x000F000Fu) | 0x64006400u, zlo), s2);
+                    q[h][1] = hmul2(hfma2((v & 0x00F000F0u) | 0x64006400u, 0x2C002C00u, zhi), s2);
+                    q[h][2] = hmul2(hsub2((v2 & 0x000F000Fu) | 0x64006400u, zlo), s2);
+                    q[h][3] = hmul2(hfma2((v2 & 0x00F000F0u) | 0x64006400u, 0x2C002C00u, zhi), s2);
+                }
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) {
+                    mma16816(acc[a][nt], q[0][0], q[1][0], q[0][1], q[1][1], xv[nt].x, xv[nt].y);
+                    mma16816(acc[a][nt], q[0][2], q[1][2], q[0][3], q[1][3], xv[nt].z, xv[nt].w);
+                }
+            }
+        }
+    }
+    float* o = out + (size_t)blockIdx.y * rows * N;
+#pragma unroll
+    for (int a = 0; a < 4; a++)
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int b = nt * 8 + 2 * t + (i & 1);
+                const int c = col[2 * a + (i >> 1)];
+                if (b < rows && c < N) o[(size_t)b * N + c] = acc[a][nt][i];
+            }
+}
+#endif

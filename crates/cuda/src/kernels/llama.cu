@@ -50,7 +50,8 @@ extern "C" __global__ void __launch_bounds__(256) add_partials(const float* __re
 }
 
 // out[b][xpos(k)] = fp16(rmsnorm(h[b]) * w)[perm[k]]: the next matmul's input, gathered into its
-// sorted row order and pair layout. grid (ceil(H / 256), B), block 256; nss = add_partials' grid.x.
+// sorted row order and pair layout. grid (ceil(H / 256), B, segments), block 256; nss =
+// add_partials' grid.x; perm [segments][H].
 extern "C" __global__ void __launch_bounds__(256) rmsnorm_gather(const float* __restrict__ h, const float* __restrict__ ss,
                                                                 int nss, const u16* __restrict__ w,
                                                                 const int* __restrict__ perm,  // [H] or null
@@ -60,10 +61,11 @@ extern "C" __global__ void __launch_bounds__(256) rmsnorm_gather(const float* __
     float t = threadIdx.x < nss ? ss[(size_t)b * nss + threadIdx.x] : 0.f;
     float r = rsqrtf(block_sum(t, red) / (float)H + eps);
     if (k >= H) return;
-    int j = perm ? perm[k] : k;
+    // grid.z: one gathered copy per column segment of the consumer (its parts' permutations).
+    int j = perm ? perm[(size_t)blockIdx.z * H + k] : k;
     // As transformers: normalize in f32, round to fp16, then multiply by the weight.
     float y = h2f(f2h(h[(size_t)b * H + j] * r)) * h2f(w[j]);
-    out[(size_t)b * H + xpos(k, xbits)] = f2h(y);
+    out[((size_t)blockIdx.z * gridDim.y + b) * H + xpos(k, xbits)] = f2h(y);
 }
 
 // Sum the QKV partials, rotate q and k (rotate-half RoPE, pairs (i, i + HD/2)), append k and v

@@ -1,0 +1,134 @@
+//! The GPU side of `meditron serve --device cuda`: a loaded model, its device state and one
+//! forward pass over any mix of sequences' tokens (decode rows and prompt chunks), with pages of
+//! the KV cache handed out by the server's own block allocator. Steps of up to 32 rows replay a
+//! CUDA graph captured for that row count (the kernels read tokens, positions and page tables
+//! from device buffers, so one graph serves every step of that size).
+
+use crate::driver::{Gpu, Graph};
+use crate::kernels::{ATTN_SPLIT, PAGE, TC_MAX_ROWS};
+use crate::llama::{Model, Runner, State};
+use anyhow::{bail, Result};
+use std::collections::HashMap;
+
+/// Rows per forward chunk: longer batches (prompts) run in chunks of this many.
+pub const MAX_ROWS: usize = 512;
+
+pub struct ServeModel {
+    pub gpu: Gpu,
+    pub model: Model,
+    st: State,
+    graphs: HashMap<usize, Graph>,
+    max_ctx: usize,
+    max_seqs: usize,
+}
+
+/// One token of a step: its id, position and the step's sequence slot (index into `tables`).
+#[derive(Clone, Copy, Debug)]
+pub struct Row {
+    pub token: u32,
+    pub pos: usize,
+    pub slot: usize,
+    pub logits: bool,
+}
+
+impl ServeModel {
+    /// A model on `gpu` with a KV cache of `kv_tokens` slots, sequences of up to `max_ctx`
+    /// positions and at most `max_seqs` sequences per step.
+    pub fn new(
+        gpu: Gpu,
+        model: Model,
+        kv_tokens: usize,
+        max_ctx: usize,
+        max_seqs: usize,
+    ) -> Result<ServeModel> {
+        let pages = kv_tokens.div_ceil(PAGE);
+        let max_pages = max_ctx.div_ceil(PAGE);
+        let table = vec![0i32; max_seqs.max(1) * max_pages];
+        let st = State::build(&gpu, &model, TC_MAX_ROWS, MAX_ROWS, max_ctx, pages, &table)?;
+        gpu.sync()?;
+        Ok(ServeModel {
+            gpu,
+            model,
+            st,
+            graphs: HashMap::new(),
+            max_ctx,
+            max_seqs: max_seqs.max(1),
+        })
+    }
+
+    /// Runs the rows (each sequence's positions continuing its cached ones, in order) with
+    /// `tables[slot]` the pages of each sequence; returns the logits of rows marked `logits`,
+    /// concatenated [n_marked][vocab].
+    pub fn forward(&mut self, rows: &[Row], tables: &[&[u32]]) -> Result<Vec<f32>> {
+        self.gpu.bind()?;
+        if tables.len() > self.max_seqs {
+            bail!(
+                "{} sequences in one step; the GPU state was made for {}",
+                tables.len(),
+                self.max_seqs
+            );
+        }
+        let vocab = self.model.cfg.vocab;
+        for r in rows {
+            if r.pos >= self.max_ctx || r.slot >= tables.len() || r.token as usize >= vocab {
+                bail!(
+                    "row (token {}, position {}, sequence {}) is outside the model's {vocab} tokens / the cache's {} positions",
+                    r.token,
+                    r.pos,
+                    r.slot,
+                    self.max_ctx
+                );
+            }
+        }
+        self.st.set_table(&self.gpu, tables)?;
+        let runner = Runner::new(&self.gpu, &self.model);
+        let mut out = Vec::new();
+        for chunk in rows.chunks(MAX_ROWS) {
+            let n = chunk.len();
+            let tok: Vec<i32> = chunk.iter().map(|r| r.token as i32).collect();
+            let pos: Vec<i32> = chunk.iter().map(|r| r.pos as i32).collect();
+            let seq: Vec<i32> = chunk.iter().map(|r| r.slot as i32).collect();
+            self.gpu.write(&self.st.pre_tok, 0, &tok)?;
+            self.gpu.write(&self.st.pre_pos, 0, &pos)?;
+            self.gpu.write(&self.st.pre_seq, 0, &seq)?;
+            if n <= TC_MAX_ROWS {
+                if !self.graphs.contains_key(&n) {
+                    let nsplit = self.max_ctx.div_ceil(ATTN_SPLIT);
+                    // Eager once (compiles kernels, creates cuBLAS), then captured.
+                    runner.step_rows(&self.st, n, nsplit)?;
+                    let g = self.gpu.capture(|| runner.step_rows(&self.st, n, nsplit))?;
+                    self.graphs.insert(n, g);
+                }
+                self.gpu.replay(&self.graphs[&n])?;
+            } else {
+                let top = chunk.iter().map(|r| r.pos + 1).max().unwrap_or(1);
+                runner.step_rows(&self.st, n, top.div_ceil(ATTN_SPLIT))?;
+            }
+            let marked = chunk.iter().filter(|r| r.logits).count();
+            if marked == n {
+                out.extend(self.gpu.read::<f32>(&self.st.logits, 0, n * vocab)?);
+            } else {
+                for (i, r) in chunk.iter().enumerate() {
+                    if r.logits {
+                        out.extend(
+                            self.gpu
+                                .read::<f32>(&self.st.logits, i * vocab * 4, vocab)?,
+                        );
+                    }
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Device memory in use (bytes) and the KV cache's share of it.
+    pub fn memory(&self) -> Result<(usize, usize)> {
+        let (free, total) = self.gpu.mem_info()?;
+        Ok((total - free, self.st.kv_bytes()))
+    }
+}
+
+// SAFETY: the device handles (context, streams, buffers, graphs) are used by one thread at a
+// time: the engine thread that owns this after it is moved there; `forward` makes the context
+// current on the calling thread first.
+unsafe impl Send for ServeModel {}

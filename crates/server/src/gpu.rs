@@ -1,0 +1,159 @@
+//! `meditron serve --device cuda`: the engine's model on the GPU. The engine keeps its own block
+//! allocator (a `KvCache` without data); the keys and values live on the GPU at the same block
+//! indices, so admission, prefix reuse and eviction work as on the CPU. Each step's rows go to
+//! `cuda::serve::ServeModel`, logits come back for sampling on the CPU.
+
+use crate::args::{Limits, ServeArgs};
+use anyhow::{bail, Context, Result};
+use kernels::cpu::ops::RopeStyle;
+use kernels::cpu::ThreadPool;
+use model::{BatchToken, ForwardError, KvCache, Llama, ModelConfig, SeqId};
+use std::path::Path;
+use tokenizer::{ChatTemplate, Tokenizer};
+
+pub struct GpuModel {
+    inner: cuda::serve::ServeModel,
+    config: ModelConfig,
+    kv_tokens: usize,
+}
+
+/// What `Server::start` needs from a model loaded on the GPU.
+pub struct GpuLoaded {
+    pub model: GpuModel,
+    pub tokenizer: Tokenizer,
+    pub template: ChatTemplate,
+    pub name: String,
+    pub limits: Limits,
+}
+
+pub fn load(path: &Path, args: &ServeArgs) -> Result<GpuLoaded> {
+    if !path.is_dir() {
+        bail!(
+            "--device cuda takes a Hugging Face model directory (GPTQ or fp16 safetensors), not {}; `meditron convert` makes one from a GGUF file",
+            path.display()
+        );
+    }
+    let hf = formats::LlamaConfig::from_file(&path.join("config.json"))
+        .with_context(|| format!("reading {}/config.json", path.display()))?;
+    hf.validate()?;
+    let config = ModelConfig {
+        architecture: hf.model_type.clone(),
+        n_layers: hf.num_hidden_layers,
+        hidden: hf.hidden_size,
+        intermediate: hf.intermediate_size,
+        n_heads: hf.num_attention_heads,
+        n_kv_heads: hf.kv_heads(),
+        head_dim: hf.head_dim(),
+        n_vocab: hf.vocab_size,
+        max_context: hf.max_position_embeddings,
+        rope_theta: hf.rope_theta as f32,
+        rope_dims: hf.head_dim(),
+        rope_style: RopeStyle::Halves,
+        rms_eps: hf.rms_norm_eps as f32,
+        tie_embeddings: hf.tie_word_embeddings,
+    };
+    let kv_bytes_per_token = config.n_layers * 2 * config.kv_dim() * 2;
+    let limits = Limits::resolve(args, config.max_context, kv_bytes_per_token)?;
+    let tokenizer = model::load::load_tokenizer(path)
+        .with_context(|| format!("loading the tokenizer of {}", path.display()))?;
+    let template = match tokenizer.chat_template() {
+        Some(s) => ChatTemplate::new(s).context("parsing the model's chat template")?,
+        None => ChatTemplate::chatml(),
+    };
+    let gpu = cuda::Gpu::new()?;
+    let t = std::time::Instant::now();
+    let weights = cuda::load::load(&gpu, path)
+        .with_context(|| format!("loading {} onto the GPU", path.display()))?;
+    let inner = cuda::serve::ServeModel::new(
+        gpu,
+        weights,
+        limits.max_batch_total_tokens,
+        limits.max_total_tokens,
+        args.max_concurrent_requests,
+    )?;
+    let (used, kv) = inner.memory()?;
+    tracing::info!(
+        "loaded {} on {} in {:.1} s: {:.2} GiB of GPU memory in use ({:.2} GiB KV cache)",
+        path.display(),
+        inner.gpu.name,
+        t.elapsed().as_secs_f64(),
+        used as f64 / (1u64 << 30) as f64,
+        kv as f64 / (1u64 << 30) as f64
+    );
+    let name = path
+        .file_name()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    Ok(GpuLoaded {
+        model: GpuModel {
+            inner,
+            kv_tokens: limits.max_batch_total_tokens,
+            config,
+        },
+        tokenizer,
+        template,
+        name,
+        limits,
+    })
+}
+
+impl model::Forward for GpuModel {
+    fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    fn new_cache(&self, max_tokens: usize) -> KvCache {
+        // The GPU holds pages for kv_tokens slots; the engine asks for the same number.
+        KvCache::pages_only(max_tokens.min(self.kv_tokens))
+    }
+
+    fn forward(
+        &mut self,
+        batch: &[BatchToken],
+        cache: &mut KvCache,
+        _pool: &ThreadPool,
+    ) -> Result<Vec<f32>, ForwardError> {
+        let c = &self.config;
+        for t in batch {
+            if t.token as usize >= c.n_vocab {
+                return Err(ForwardError::TokenOutOfRange {
+                    token: t.token,
+                    n_vocab: c.n_vocab,
+                });
+            }
+            if t.pos >= c.max_context {
+                return Err(ForwardError::ContextExceeded {
+                    pos: t.pos,
+                    max_context: c.max_context,
+                });
+            }
+        }
+        Llama::reserve_positions(batch, cache)?;
+        let mut seqs: Vec<SeqId> = Vec::new();
+        let rows: Vec<cuda::serve::Row> = batch
+            .iter()
+            .map(|t| {
+                let slot = match seqs.iter().position(|&s| s == t.seq) {
+                    Some(i) => i,
+                    None => {
+                        seqs.push(t.seq);
+                        seqs.len() - 1
+                    }
+                };
+                cuda::serve::Row {
+                    token: t.token,
+                    pos: t.pos,
+                    slot,
+                    logits: t.logits,
+                }
+            })
+            .collect();
+        let tables = seqs
+            .iter()
+            .map(|&s| cache.blocks(s))
+            .collect::<Result<Vec<_>, _>>()?;
+        self.inner
+            .forward(&rows, &tables)
+            .map_err(|e| ForwardError::Device(format!("GPU forward pass: {e:#}")))
+    }
+}
