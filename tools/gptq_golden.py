@@ -9,9 +9,14 @@ Default mode writes
                                      w[j, i] = scales[g_idx[i], j] * (q[i, j] - z[g_idx[i], j])
 The Rust test (formats::gptq golden) reads both and must reproduce the weights bit for bit.
 
---check OUT --source SRC reads a GPTQ checkpoint directory (e.g. one meditron's round-to-nearest
-writer made from the fp16 model SRC), dequantizes every layer with the same formula and checks
-that each weight is within half a quantization step of the source (clamped codes excepted).
+--check OUT --source SRC reads a GPTQ checkpoint directory that `meditron quantize` made from the
+fp16 model SRC and checks what AutoGPTQ-style loaders rely on: config.json's quantization_config
+equal to quantize_config.json, safetensors metadata format=pt, every projection's qweight/qzeros/
+scales/g_idx with the dtypes and shapes QuantLinear allocates, g_idx consistent with desc_act
+(full groups in quantization order) or i // group_size, symmetric zeros stored as 2^(b-1) (-1 in
+v1), fp16 embeddings and norms. It then dequantizes every layer with the formula: a
+round-to-nearest file (`--method rtn`) must be within half a step of the source (clamped codes
+excepted); a GPTQ file, whose error compensation moves weights by more, within one step on average.
 
 Usage: .venv/bin/python tools/gptq_golden.py [--check OUT --source SRC]
 """
@@ -135,30 +140,83 @@ def make_fixtures():
 
 
 def check(out_dir, src_dir):
+    """What an AutoGPTQ-style loader relies on, then the weights against the float source."""
+    from safetensors import safe_open
+
     def load_dir(d):
-        t = {}
+        t, meta = {}, {}
         for f in sorted(os.listdir(d)):
             if f.endswith(".safetensors"):
                 t.update(load_file(os.path.join(d, f)))
-        return t
+                with safe_open(os.path.join(d, f), "np") as h:
+                    meta.update(h.metadata() or {})
+        return t, meta
     with open(os.path.join(out_dir, "config.json")) as f:
-        q = json.load(f)["quantization_config"]
-    bits, v1 = q["bits"], q.get("checkpoint_format", q.get("format", "gptq")) == "gptq"
-    qt, src = load_dir(out_dir), load_dir(src_dir)
+        cfg = json.load(f)
+    q = cfg["quantization_config"]
+    with open(os.path.join(out_dir, "quantize_config.json")) as f:
+        qc = json.load(f)
+    for key in ("bits", "group_size", "desc_act", "sym", "static_groups", "checkpoint_format"):
+        assert q.get(key) == qc.get(key), f"config.json and quantize_config.json differ on {key}"
+    assert q.get("quant_method") == "gptq", "quant_method must be gptq"
+    bits, gs, act = q["bits"], q["group_size"], q["desc_act"]
+    v1 = q.get("checkpoint_format", q.get("format", "gptq")) == "gptq"
+    static = q.get("static_groups", False)
+    qt, meta = load_dir(out_dir)
+    src, _ = load_dir(src_dir)
+    assert meta.get("format") == "pt", "safetensors metadata must say format=pt (transformers)"
+    rtn = meta.get("gptq_method") == "rtn"
+    for name in ["model.embed_tokens.weight", "model.norm.weight"] + (
+            [] if cfg.get("tie_word_embeddings") else ["lm_head.weight"]):
+        assert qt[name].dtype == np.float16, f"{name} must be fp16"
     layers = sorted(n[: -len(".qweight")] for n in qt if n.endswith(".qweight"))
-    worst = 0.0
+    assert len(layers) == 7 * cfg["num_hidden_layers"], f"{len(layers)} quantized modules"
+    worst, dev, count = 0.0, 0.0, 0
     for p in layers:
-        w = dequantize(qt[p + ".qweight"], qt[p + ".qzeros"], qt[p + ".scales"], qt[p + ".g_idx"], bits, v1)
+        qw, qz, sc, gi = (qt[p + s] for s in (".qweight", ".qzeros", ".scales", ".g_idx"))
         ref = src[p + ".weight"].astype(np.float32)
+        n, k = ref.shape
+        groups = 1 if gs == -1 else -(-k // gs)
+        # The shapes and dtypes AutoGPTQ's QuantLinear allocates before loading the state dict.
+        assert qw.dtype == np.int32 and qw.shape == (k * bits // 32, n), (p, qw.dtype, qw.shape)
+        assert qz.dtype == np.int32 and qz.shape == (groups, n * bits // 32), (p, qz.shape)
+        assert sc.dtype == np.float16 and sc.shape == (groups, n), (p, sc.dtype, sc.shape)
+        assert gi.dtype == np.int32 and gi.shape == (k,), (p, gi.dtype, gi.shape)
+        assert np.isfinite(sc.astype(np.float32)).all() and (sc.astype(np.float32) > 0).all(), p
+        g = gi.astype(np.int64)
+        if gs == -1:
+            assert (g == 0).all(), f"{p}: g_idx must be 0 without groups"
+        elif not act or static:
+            assert (g == np.arange(k) // gs).all(), f"{p}: g_idx must be i // group_size"
+        else:  # act-order: consecutive runs of the quantization order, so full groups
+            counts = np.bincount(g, minlength=groups)
+            assert (counts[:-1] == gs).all() and counts[-1] == k - gs * (groups - 1), p
+        if q["sym"]:
+            z = unpack_rows(qz.T.copy(), bits, n).T
+            want = 2 ** (bits - 1) - (1 if v1 else 0)
+            assert (z == want).all(), f"{p}: symmetric zeros must all be stored as {want}"
+        w = dequantize(qw, qz, sc, gi, bits, v1)
         assert w.shape == ref.shape, (p, w.shape, ref.shape)
-        step = qt[p + ".scales"].astype(np.float32)[qt[p + ".g_idx"].astype(np.int64)].T  # [N, K]
-        codes = unpack_rows(qt[p + ".qweight"], bits, w.shape[1]).T
+        step = sc.astype(np.float32)[g].T  # [N, K]
+        codes = unpack_rows(qw, bits, k).T
         inside = (codes > 0) & (codes < 2 ** bits - 1)
         err = np.abs(w - ref) / step
         worst = max(worst, float(err[inside].max()))
-        if err[inside].max() > 0.5 + 1e-3:
+        dev += float(err.sum())
+        count += err.size
+        if rtn and err[inside].max() > 0.5 + 1e-3:
             sys.exit(f"{p}: a weight is {err[inside].max():.3f} steps from the source")
-    print(f"{len(layers)} layers: every unclamped weight within {worst:.4f} steps of the source")
+    mean = dev / count
+    if rtn:
+        print(f"{len(layers)} layers (round-to-nearest): loader layout OK; every unclamped weight "
+              f"within {worst:.4f} steps of the source (mean {mean:.3f})")
+    else:
+        # GPTQ moves weights by its error compensation, so there is no half-step bound; a
+        # mis-packed or mis-ordered tensor shows as a mean distance of several steps.
+        if mean > 1.0:
+            sys.exit(f"weights are {mean:.3f} steps from the source on average: mis-packed?")
+        print(f"{len(layers)} layers (GPTQ): loader layout OK; weights {mean:.3f} steps from the "
+              f"source on average (largest {worst:.2f}, error compensation)")
 
 
 if __name__ == "__main__":

@@ -218,8 +218,8 @@ impl LayerRun<'_> {
             }
             let (err, rtn_err) = match h {
                 Some(h) => (
-                    gptq::quadratic_error(w, &q.dequant, n, k, h),
-                    gptq::quadratic_error(w, &r.dequant, n, k, h),
+                    gptq::quadratic_error_estimate(w, &q.dequant, n, k, h),
+                    gptq::quadratic_error_estimate(w, &r.dequant, n, k, h),
                 ),
                 None => (0.0, 0.0),
             };
