@@ -73,21 +73,17 @@ impl Matrix {
         })
     }
 
-    /// A GPTQ layer repacked for the CPU kernels.
-    pub fn gptq(
+    /// A matrix whose stored column c holds input `perm[c]` (GPTQ's act-order), or in order.
+    pub fn permuted(
         name: &str,
-        packed: kernels::cpu::gptq::Repacked,
+        format: WeightFormat,
+        data: Vec<u8>,
+        perm: Option<Vec<u32>>,
         rows: usize,
         cols: usize,
     ) -> Result<Matrix, String> {
-        let mut m = Matrix::new(
-            name,
-            WeightFormat::Gptq(packed.format),
-            Bytes::from_vec(packed.data),
-            rows,
-            cols,
-        )?;
-        if let Some(p) = packed.perm {
+        let mut m = Matrix::new(name, format, Bytes::from_vec(data), rows, cols)?;
+        if let Some(p) = perm {
             if p.len() != cols {
                 return Err(format!(
                     "tensor '{name}': permutation of {} inputs for {cols} columns",

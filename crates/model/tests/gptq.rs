@@ -10,6 +10,7 @@ use formats::gptq::write::{write_rtn, RtnOptions, WriteOptions};
 use formats::gptq::{CheckpointFormat, GptqConfig, GptqLinear, RtnParams};
 use formats::safetensors::ModelWeights;
 use kernels::cpu::matmul::WeightFormat;
+use kernels::cpu::packed::PackedKind;
 use kernels::cpu::ThreadPool;
 use model::convert::{gguf_to_hf, OutDtype};
 use model::load::{load, LoadedModel};
@@ -142,7 +143,14 @@ fn is_gptq(m: &LoadedModel, act_order: bool) {
             &layer.up_proj,
             &layer.down_proj,
         ] {
-            assert!(matches!(mat.format, WeightFormat::Gptq(_)), "{}", mat.name);
+            assert!(
+                matches!(
+                    mat.format,
+                    WeightFormat::Gptq(_) | WeightFormat::Packed(PackedKind::Q4Z)
+                ),
+                "{}",
+                mat.name
+            );
             assert_eq!(mat.perm.is_some(), act_order, "{}", mat.name);
         }
     }

@@ -276,6 +276,42 @@ pub mod avx2 {
 }
 
 #[cfg(target_arch = "x86_64")]
+pub mod f16c {
+    use std::arch::x86_64::*;
+
+    /// `R` rows of little-endian f16 weights against one f32 row, converted in registers
+    /// (no f32 copy of the row): the decode path of an f16 lm_head, read once per token.
+    /// Each row sums in the order of [`super::avx2::dot_f32`] on the converted row, so the
+    /// results are the same bit for bit.
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C; each row holds `2 * x.len()` bytes.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f16_rows<const R: usize>(rows: [&[u8]; R], x: &[f32]) -> [f32; R] {
+        let n = x.len();
+        let chunks = n / 8;
+        let mut acc = [_mm256_setzero_ps(); R];
+        for i in 0..chunks {
+            let xv = _mm256_loadu_ps(x.as_ptr().add(i * 8));
+            for r in 0..R {
+                let h = _mm_loadu_si128(rows[r].as_ptr().add(i * 16) as *const __m128i);
+                acc[r] = _mm256_fmadd_ps(_mm256_cvtph_ps(h), xv, acc[r]);
+            }
+        }
+        std::array::from_fn(|r| {
+            let a = acc[r];
+            let s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let mut s = _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)));
+            for i in chunks * 8..n {
+                let h = half::f16::from_le_bytes([rows[r][2 * i], rows[r][2 * i + 1]]);
+                s += h.to_f32() * x[i];
+            }
+            s
+        })
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
 pub mod vnni {
     use std::arch::x86_64::*;
 

@@ -587,6 +587,8 @@ mod tests {
                 (13, 128, 32, true, 5),
                 (37, 576, 128, true, 9),
                 (8, 256, 256, false, 4),
+                (48, 320, 64, true, 6),
+                (16, 128, 128, false, 1),
             ] {
                 let l = random_layer(bits, cols, rows, gs, act, &mut rng);
                 let wf = l.dequantize().unwrap();
@@ -598,10 +600,41 @@ mod tests {
                     ..view
                 };
                 let x: Vec<f32> = (0..n * cols).map(|_| rng.f32()).collect();
+                // 4 bits also in the 16-row interleaved layout (when the rows allow it).
+                let interleaved = (bits == 4)
+                    .then(|| crate::cpu::packed::pack_gptq4(&p.data, rows, cols))
+                    .flatten();
+                let mut views = vec![(view, all_features())];
+                if let Some(data) = &interleaved {
+                    let q4z = WeightFormat::Packed(crate::cpu::packed::PackedKind::Q4Z);
+                    let v = WeightView::new(q4z, data, rows, cols).unwrap();
+                    let mut row = vec![0f32; cols];
+                    for r in 0..rows {
+                        let v = WeightView {
+                            perm: p.perm.as_deref(),
+                            ..v
+                        };
+                        v.dequantize_row(r, &mut row);
+                        assert_eq!(row, wf[r * cols..(r + 1) * cols], "Q4Z row {r}");
+                    }
+                    let feats = all_features()
+                        .into_iter()
+                        .filter(|f| !f.avx2_fma || f.avx512_vnni);
+                    views.push((
+                        WeightView {
+                            perm: p.perm.as_deref(),
+                            ..v
+                        },
+                        feats.collect(),
+                    ));
+                }
                 let mut ys = Vec::new();
-                for feat in all_features() {
+                for (view, feat) in views
+                    .iter()
+                    .flat_map(|(v, fs)| fs.iter().map(move |f| (v, *f)))
+                {
                     let mut y = vec![f32::NAN; n * rows];
-                    crate::cpu::matmul::matmul_with(&pool, feat, &view, &x, n, &mut y);
+                    crate::cpu::matmul::matmul_with(&pool, feat, view, &x, n, &mut y);
                     for t in 0..n {
                         for r in 0..rows {
                             let prods = (0..cols).map(|i| x[t * cols + i] * wf[r * cols + i]);

@@ -99,7 +99,16 @@ impl<'a> WeightView<'a> {
     /// Row `r` expanded to f32 into `out` (length `cols`).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
         if let WeightFormat::Packed(k) = self.format {
-            return packed::dequantize_row(k, self.data, self.rows, r, out);
+            let Some(perm) = self.perm else {
+                return packed::dequantize_row(k, self.data, self.rows, r, out);
+            };
+            // Stored column c holds input perm[c].
+            let mut stored = vec![0f32; out.len()];
+            packed::dequantize_row(k, self.data, self.rows, r, &mut stored);
+            for (&i, v) in perm.iter().zip(&stored) {
+                out[i as usize] = *v;
+            }
+            return;
         }
         let src = self.row(r);
         match self.format {
@@ -153,16 +162,31 @@ pub fn matmul(pool: &ThreadPool, w: &WeightView, x: &[f32], n: usize, y: &mut [f
 /// when they are all packed (Q/K/V, gate/up), else one [`matmul`] each.
 pub fn matmul_many(pool: &ThreadPool, jobs: &mut [(WeightView, &mut [f32])], x: &[f32], n: usize) {
     let feat = Features::get();
-    let cols = jobs.first().map_or(0, |(w, _)| w.cols);
-    if jobs
-        .iter()
-        .all(|(w, _)| matches!(w.format, WeightFormat::Packed(_)) && w.cols == cols)
-    {
-        return packed::matmul_many(pool, feat, jobs, x, n);
+    let Some((cols, perm)) = jobs.first().map(|(w, _)| (w.cols, w.perm)) else {
+        return;
+    };
+    // Act-order GPTQ projections of one input normally share their permutation.
+    if jobs.iter().all(|(w, _)| {
+        matches!(w.format, WeightFormat::Packed(_)) && w.cols == cols && w.perm == perm
+    }) {
+        let gathered = perm.map(|p| gather(p, x, n));
+        return packed::matmul_many(pool, feat, jobs, gathered.as_deref().unwrap_or(x), n);
     }
     for (w, y) in jobs.iter_mut() {
         matmul_with(pool, feat, w, x, n, y);
     }
+}
+
+/// The `n` rows of `x` with their columns in stored order: column c takes input `perm[c]`.
+fn gather(perm: &[u32], x: &[f32], n: usize) -> Vec<f32> {
+    let cols = perm.len();
+    let mut out = vec![0f32; n * cols];
+    for (o, xr) in out.chunks_exact_mut(cols).zip(x.chunks_exact(cols)) {
+        for (v, &i) in o.iter_mut().zip(perm) {
+            *v = xr[i as usize];
+        }
+    }
+    out
 }
 
 /// [`matmul`] with the instruction sets given explicitly (tests compare the paths).
@@ -180,7 +204,8 @@ pub fn matmul_with(
         return gptq::matmul(pool, feat, g, w, x, n, y);
     }
     if let WeightFormat::Packed(k) = w.format {
-        return packed::matmul(pool, feat, k, w, x, n, y);
+        let gathered = w.perm.map(|p| gather(p, x, n));
+        return packed::matmul(pool, feat, k, w, gathered.as_deref().unwrap_or(x), n, y);
     }
     let out = SharedOut(y.as_mut_ptr());
     let rows = w.rows;
@@ -248,6 +273,29 @@ pub fn matmul_with(
                             };
                         }
                     }
+                }
+            });
+        }
+        #[cfg(target_arch = "x86_64")]
+        WeightFormat::F16 if n == 1 && feat.avx2_fma => {
+            // One token: convert in registers; more tokens share one converted row below.
+            pool.for_ranges(rows, ROW_TILE, |range| {
+                let mut r = range.start;
+                while r < range.end {
+                    // SAFETY (both): the CPU has AVX2, FMA and F16C; rows hold `cols` halves.
+                    let (v, k) = if r + 4 <= range.end {
+                        let rs = [w.row(r), w.row(r + 1), w.row(r + 2), w.row(r + 3)];
+                        let v = unsafe { dot::f16c::dot_f16_rows(rs, x) };
+                        (v, 4)
+                    } else {
+                        let [v] = unsafe { dot::f16c::dot_f16_rows([w.row(r)], x) };
+                        ([v, 0.0, 0.0, 0.0], 1)
+                    };
+                    for (j, v) in v.into_iter().take(k).enumerate() {
+                        // SAFETY: each row is written by exactly one thread.
+                        unsafe { out.write(r + j, v) };
+                    }
+                    r += k;
                 }
             });
         }
@@ -436,6 +484,10 @@ mod tests {
                 for (g, e) in y.iter().zip(&want) {
                     assert!((g - e).abs() < 1e-4, "{format:?}: {g} vs {e}");
                 }
+                // One token takes another path (f16 converted in registers): same sums.
+                let mut one = vec![f32::NAN; rows];
+                matmul_with(&pool, feat, &view, &x[..cols], 1, &mut one);
+                assert_eq!(one, y[..rows], "{format:?} {feat:?}: one token");
             }
         }
     }

@@ -42,13 +42,16 @@ pub enum PackedKind {
     Q4,
     /// 8-bit values `q * d` (from Q8_0).
     Q8,
+    /// 4-bit values `d * (q - z)` (from GPTQ, by [`pack_gptq4`]): the Q4 layout with `-z`
+    /// (a small integer, exact in f16) where Q4 keeps `m`; `m = -d z` is formed in f32.
+    Q4Z,
 }
 
 impl PackedKind {
     /// Bytes of one block of one row (the group holds 16 of them).
     pub fn block_bytes(self) -> usize {
         match self {
-            PackedKind::Q4 => 20,
+            PackedKind::Q4 | PackedKind::Q4Z => 20,
             PackedKind::Q8 => 34,
         }
     }
@@ -132,6 +135,38 @@ fn put_q4_nibbles(dst: &mut [u8], lane: usize, qs: &[u8]) {
     }
 }
 
+/// Repacks a 4-bit GPTQ matrix already in [`super::gptq::repack`]'s row layout (per row and
+/// block of 32 inputs: f16 scale, i16 zero, 16 bytes of nibbles in the Q4 order) into
+/// 16-row groups of [`PackedKind::Q4Z`]; None when the shape does not allow it. The input
+/// permutation of act-order stays with the caller.
+pub fn pack_gptq4(data: &[u8], rows: usize, cols: usize) -> Option<Vec<u8>> {
+    const SRC: usize = 20;
+    if rows == 0 || !rows.is_multiple_of(GROUP) || !cols.is_multiple_of(QK) {
+        return None;
+    }
+    let nb = cols / QK;
+    if data.len() != rows * nb * SRC {
+        return None;
+    }
+    let gbb = PackedKind::Q4Z.group_block_bytes();
+    let mut out = vec![0u8; rows * nb * SRC];
+    for g in 0..rows / GROUP {
+        for b in 0..nb {
+            let dst = &mut out[(g * nb + b) * gbb..(g * nb + b + 1) * gbb];
+            for i in 0..GROUP {
+                let r = g * GROUP + i;
+                let src = &data[(r * nb + b) * SRC..(r * nb + b + 1) * SRC];
+                let z = i16::from_le_bytes([src[2], src[3]]);
+                dst[2 * i..2 * i + 2].copy_from_slice(&src[0..2]);
+                dst[32 + 2 * i..34 + 2 * i]
+                    .copy_from_slice(&f16::from_f32(-(z as f32)).to_le_bytes());
+                put_q4_nibbles(dst, i, &src[4..20]);
+            }
+        }
+    }
+    Some(out)
+}
+
 /// Row `r` of a packed matrix expanded to f32 (`out.len()` = cols).
 pub fn dequantize_row(kind: PackedKind, data: &[u8], rows: usize, r: usize, out: &mut [f32]) {
     let nb = out.len() / QK;
@@ -142,8 +177,8 @@ pub fn dequantize_row(kind: PackedKind, data: &[u8], rows: usize, r: usize, out:
         let blk = &data[(g * nb + b) * gbb..(g * nb + b + 1) * gbb];
         let d = f16_at(blk, 2 * i);
         match kind {
-            PackedKind::Q4 => {
-                let m = f16_at(blk, 32 + 2 * i);
+            PackedKind::Q4 | PackedKind::Q4Z => {
+                let m = offset(kind, d, f16_at(blk, 32 + 2 * i));
                 for e in 0..QK / 2 {
                     let byte = blk[64 + 64 * (e / 4) + 4 * i + e % 4];
                     o[e] = (byte & 0x0F) as f32 * d + m;
@@ -339,6 +374,16 @@ pub fn matmul_many(
     });
 }
 
+/// A 4-bit block's offset `m` from its stored second field (Q4Z stores `-z`).
+#[inline]
+fn offset(kind: PackedKind, d: f32, field: f32) -> f32 {
+    if kind == PackedKind::Q4Z {
+        d * field
+    } else {
+        field
+    }
+}
+
 /// The portable kernel: the same integer sums, one element at a time.
 fn portable_group(
     kind: PackedKind,
@@ -360,13 +405,13 @@ fn portable_group(
                 let d = f16_at(blk, 2 * i);
                 let mut acc = 0i32;
                 match kind {
-                    PackedKind::Q4 => {
+                    PackedKind::Q4 | PackedKind::Q4Z => {
                         for e in 0..QK / 2 {
                             let byte = blk[64 + 64 * (e / 4) + 4 * i + e % 4];
                             acc += (byte & 0x0F) as i32 * xq[e] as i32;
                             acc += (byte >> 4) as i32 * xq[e + QK / 2] as i32;
                         }
-                        off += f16_at(blk, 32 + 2 * i) * dx * isum as f32;
+                        off += offset(kind, d, f16_at(blk, 32 + 2 * i)) * dx * isum as f32;
                     }
                     PackedKind::Q8 => {
                         acc = -128 * isum;
@@ -410,12 +455,22 @@ mod vnni {
                     _mm512_storeu_ps(res[j].as_mut_ptr(), v[j]);
                 }
             }};
+            ($f:ident, $n:literal, $z:literal) => {{
+                let v = $f::<$n, $z>(wg.as_ptr(), nb, act, toks.start);
+                for j in 0..$n {
+                    _mm512_storeu_ps(res[j].as_mut_ptr(), v[j]);
+                }
+            }};
         }
         match (kind, toks.len()) {
-            (PackedKind::Q4, 4) => go!(q4, 4),
-            (PackedKind::Q4, 3) => go!(q4, 3),
-            (PackedKind::Q4, 2) => go!(q4, 2),
-            (PackedKind::Q4, _) => go!(q4, 1),
+            (PackedKind::Q4, 4) => go!(q4, 4, false),
+            (PackedKind::Q4, 3) => go!(q4, 3, false),
+            (PackedKind::Q4, 2) => go!(q4, 2, false),
+            (PackedKind::Q4, _) => go!(q4, 1, false),
+            (PackedKind::Q4Z, 4) => go!(q4, 4, true),
+            (PackedKind::Q4Z, 3) => go!(q4, 3, true),
+            (PackedKind::Q4Z, 2) => go!(q4, 2, true),
+            (PackedKind::Q4Z, _) => go!(q4, 1, true),
             (PackedKind::Q8, 4) => go!(q8, 4),
             (PackedKind::Q8, 3) => go!(q8, 3),
             (PackedKind::Q8, 2) => go!(q8, 2),
@@ -470,7 +525,8 @@ mod vnni {
     }
 
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-    unsafe fn q4<const N: usize>(
+    /// `ZERO`: the second field is `-z` and the offset is `d` times it ([`PackedKind::Q4Z`]).
+    unsafe fn q4<const N: usize, const ZERO: bool>(
         w: *const u8,
         nb: usize,
         act: &Activations,
@@ -484,6 +540,7 @@ mod vnni {
             let p = w.add(b * 320);
             let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
             let m = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i));
+            let m = if ZERO { _mm512_mul_ps(d, m) } else { m };
             let mut lo = [_mm512_setzero_si512(); 4];
             let mut hi = [_mm512_setzero_si512(); 4];
             for k in 0..4 {
