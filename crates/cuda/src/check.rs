@@ -967,20 +967,24 @@ pub fn time_kernels(gpu: &Gpu, peak_gbs: f64) -> Result<Vec<String>> {
         let x = gpu.alloc(32 * k * 2)?;
         ops.fill_f16(&x, 9, -1.0, 1.0)?;
         let out = gpu.alloc(k.div_ceil(crate::kernels::TC_KCH) * 32 * n * 4)?;
-        for rows in [16usize, 32] {
-            crate::kernels::gptq_gemm_tc(gpu, &w, x.ptr, out.ptr, rows)?;
+        // Variants (slabs loaded per batch, min blocks per SM) at 32 rows; the default at 16.
+        let (du, db) = crate::kernels::tc_variant();
+        let mut runs = vec![(16usize, du, db)];
+        for (u, b) in [(4, 1), (2, 1), (2, 3), (1, 4), (4, 2)] {
+            runs.push((32, u, b));
+        }
+        for (rows, u, b) in runs {
+            let go = || crate::kernels::gptq_gemm_tc_variant(gpu, &w, x.ptr, out.ptr, rows, u, b);
+            go()?;
             let mut times: Vec<f64> = (0..20)
-                .map(|_| {
-                    gpu.time(|| {
-                        crate::kernels::gptq_gemm_tc(gpu, &w, x.ptr, out.ptr, rows).map(|_| ())
-                    })
-                })
+                .map(|_| gpu.time(|| go().map(|_| ())))
                 .collect::<Result<_>>()?;
             times.sort_by(|a, b| a.total_cmp(b));
             let ms = times[10];
             let gbs = w.weight_bytes() as f64 / ms / 1e6;
+            let (regs, local) = crate::kernels::tc_resources(gpu, rows, u, b)?;
             lines.push(format!(
-                "gptq_gemm_tc 4-bit g128 rows {rows:2} {name:8} K={k:5} N={n:5}: {:7.1} us, {gbs:6.0} GB/s of weights ({:.0}%)",
+                "gptq_gemm_tc 4-bit g128 rows {rows:2} {name:8} K={k:5} N={n:5} TC={u},{b}: {:7.1} us, {gbs:6.0} GB/s of weights ({:.0}%); {regs} regs, {local} B local",
                 ms * 1e3,
                 100.0 * gbs / peak_gbs
             ));

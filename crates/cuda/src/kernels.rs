@@ -156,6 +156,38 @@ pub fn gptq_gemv(gpu: &Gpu, w: &QLinear, x: u64, out: u64, nb: usize) -> Result<
     Ok(splits)
 }
 
+/// The tensor-core kernel's (slabs loaded per batch, minimum blocks per SM): 1,4 (128
+/// registers, 16 warps per SM; fastest of the variants timed in run 6 on an H100) unless
+/// MEDITRON_TC="u,b" (u in 1, 2, 4; b in 1..=4) says otherwise (for timing the variants).
+pub fn tc_variant() -> (usize, usize) {
+    static V: std::sync::OnceLock<(usize, usize)> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("MEDITRON_TC")
+            .ok()
+            .and_then(|v| {
+                let (a, b) = v.split_once(',')?;
+                let (a, b) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+                ([1, 2, 4].contains(&a) && (1..=4).contains(&b)).then_some((a, b))
+            })
+            .unwrap_or((1, 4))
+    })
+}
+
+/// Registers and local bytes of the tensor-core kernel variant (u, b) for `rows` rows.
+pub fn tc_resources(gpu: &Gpu, rows: usize, u: usize, b: usize) -> Result<(i32, i32)> {
+    let m = gpu.module(
+        "gptq",
+        &sources()[0].1,
+        &[
+            ("BITS", 4),
+            ("NT", rows.div_ceil(8) as i64),
+            ("TCU", u as i64),
+            ("TCB", b as i64),
+        ],
+    )?;
+    m.func("gptq_gemm_tc")?.resources()
+}
+
 /// Most activation rows of the tensor-core kernel, and the input rows each of its blocks covers.
 pub const TC_MAX_ROWS: usize = 32;
 pub const TC_KCH: usize = 1024;
@@ -163,6 +195,20 @@ pub const TC_KCH: usize = 1024;
 /// Batched 4-bit product on the tensor cores for 9..=32 rows; x as for `gptq_gemv` (sorted,
 /// pair order, one copy per segment). out: [splits][rows][N] f32. Returns the split count.
 pub fn gptq_gemm_tc(gpu: &Gpu, w: &QLinear, x: u64, out: u64, rows: usize) -> Result<usize> {
+    let (u, b) = tc_variant();
+    gptq_gemm_tc_variant(gpu, w, x, out, rows, u, b)
+}
+
+/// `gptq_gemm_tc` with its compile-time variant named (see `tc_variant`).
+pub fn gptq_gemm_tc_variant(
+    gpu: &Gpu,
+    w: &QLinear,
+    x: u64,
+    out: u64,
+    rows: usize,
+    u: usize,
+    b: usize,
+) -> Result<usize> {
     if !w.tc(rows) {
         bail!(
             "tensor-core GEMM: {}-bit, {rows} rows, parts {:?} not supported",
@@ -173,7 +219,12 @@ pub fn gptq_gemm_tc(gpu: &Gpu, w: &QLinear, x: u64, out: u64, rows: usize) -> Re
     let m = gpu.module(
         "gptq",
         &sources()[0].1,
-        &[("BITS", 4), ("NT", rows.div_ceil(8) as i64)],
+        &[
+            ("BITS", 4),
+            ("NT", rows.div_ceil(8) as i64),
+            ("TCU", u as i64),
+            ("TCB", b as i64),
+        ],
     )?;
     let f = m.func("gptq_gemm_tc")?;
     let splits = w.k.div_ceil(TC_KCH);

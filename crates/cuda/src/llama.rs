@@ -549,7 +549,7 @@ impl<'g> Runner<'g> {
         let ops = &self.ops;
         let skip = self.only_matmuls.get();
         let pf = match &st.w16 {
-            Some(bufs) if rows > 8 => Some(Prefetch::start(self, bufs, rows)?),
+            Some(bufs) if rows > 8 => Prefetch::start(self, bufs, rows)?,
             _ => None,
         };
         let pf = pf.as_ref();
@@ -819,7 +819,8 @@ struct Prefetch<'a> {
 }
 
 impl<'a> Prefetch<'a> {
-    fn start(r: &Runner<'a>, bufs: &'a [Buf; 2], rows: usize) -> Result<Prefetch<'a>> {
+    /// None when no linear takes dequantize + cuBLAS at `rows` rows.
+    fn start(r: &Runner<'a>, bufs: &'a [Buf; 2], rows: usize) -> Result<Option<Prefetch<'a>>> {
         let mut lins = Vec::new();
         for l in &r.model.layers {
             for lin in [&l.qkv, &l.o, &l.gate_up, &l.down] {
@@ -829,6 +830,9 @@ impl<'a> Prefetch<'a> {
                     }
                 }
             }
+        }
+        if lins.is_empty() {
+            return Ok(None);
         }
         let pf = Prefetch {
             lins,
@@ -842,7 +846,7 @@ impl<'a> Prefetch<'a> {
         pf.free[0].record(r.gpu, false)?;
         pf.free[1].record(r.gpu, false)?;
         pf.issue(r, 0)?;
-        Ok(pf)
+        Ok(Some(pf))
     }
 
     fn issue(&self, r: &Runner, i: usize) -> Result<()> {

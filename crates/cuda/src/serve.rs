@@ -121,6 +121,27 @@ impl ServeModel {
         Ok(out)
     }
 
+    /// Captures the step graphs of every row count up to 32 before requests arrive (each
+    /// takes an eager step and a capture, ~0.1 s; made on demand they would stall the first
+    /// steps of a busy server). Writes keys/values at position 0 of page 0, which no sequence
+    /// owns yet.
+    pub fn warm_up(&mut self) -> Result<()> {
+        let page = [0u32];
+        for n in 1..=TC_MAX_ROWS {
+            let rows = vec![
+                Row {
+                    token: 0,
+                    pos: 0,
+                    slot: 0,
+                    logits: true,
+                };
+                n
+            ];
+            self.forward(&rows, &[&page])?;
+        }
+        Ok(())
+    }
+
     /// Device memory in use (bytes) and the KV cache's share of it.
     pub fn memory(&self) -> Result<(usize, usize)> {
         let (free, total) = self.gpu.mem_info()?;

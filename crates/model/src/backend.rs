@@ -16,6 +16,15 @@ pub trait Forward {
         cache: &mut KvCache,
         pool: &ThreadPool,
     ) -> Result<Vec<f32>, ForwardError>;
+    /// How a step mixes prompts with decode rows: None keeps the engine's policy for the CPU
+    /// (a step costs about the same per token, so prompts go in small chunks every step);
+    /// Some((chunk, hold)) lets a step take up to `chunk` prompt tokens while others decode and
+    /// holds waiting prompts back for up to `hold` decode steps until `chunk` tokens wait, so
+    /// that a GPU, which reads every weight once per step whatever its rows, prefills them
+    /// together instead of slowing every step.
+    fn prefill_batching(&self) -> Option<(usize, usize)> {
+        None
+    }
 }
 
 impl Forward for Llama {

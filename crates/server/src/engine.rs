@@ -148,6 +148,7 @@ impl EngineHandle {
                     running: Vec::new(),
                     reserved_blocks: 0,
                     idle: VecDeque::new(),
+                    prefill_held: 0,
                 };
                 let result =
                     std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| engine.run(&rx)));
@@ -238,6 +239,8 @@ struct Engine {
     reserved_blocks: usize,
     /// Oldest first; their pages count against admission until evicted.
     idle: VecDeque<Idle>,
+    /// Decode steps prompts have been held back (`Forward::prefill_batching`).
+    prefill_held: usize,
 }
 
 impl Engine {
@@ -474,7 +477,23 @@ impl Engine {
         }
         let mut budget = self.limits.max_batch_prefill_tokens;
         if decoding > 0 {
-            budget = budget.min(PREFILL_CHUNK_WHILE_DECODING.max(decoding));
+            match self.model.prefill_batching() {
+                None => budget = budget.min(PREFILL_CHUNK_WHILE_DECODING.max(decoding)),
+                Some((chunk, hold)) => {
+                    let waiting: usize = self
+                        .running
+                        .iter()
+                        .map(|r| r.prompt_len.saturating_sub(r.fed))
+                        .sum();
+                    if waiting > 0 && waiting < chunk && self.prefill_held < hold {
+                        self.prefill_held += 1;
+                        budget = 0;
+                    } else {
+                        self.prefill_held = 0;
+                        budget = budget.min(chunk);
+                    }
+                }
+            }
         }
         for (i, r) in self.running.iter().enumerate() {
             if r.fed >= r.prompt_len || budget == 0 {

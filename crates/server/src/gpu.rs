@@ -64,13 +64,16 @@ pub fn load(path: &Path, args: &ServeArgs) -> Result<GpuLoaded> {
     let t = std::time::Instant::now();
     let weights = cuda::load::load(&gpu, path)
         .with_context(|| format!("loading {} onto the GPU", path.display()))?;
-    let inner = cuda::serve::ServeModel::new(
+    let mut inner = cuda::serve::ServeModel::new(
         gpu,
         weights,
         limits.max_batch_total_tokens,
         limits.max_total_tokens,
         args.max_concurrent_requests,
     )?;
+    inner
+        .warm_up()
+        .context("capturing the decode step graphs")?;
     let (used, kv) = inner.memory()?;
     tracing::info!(
         "loaded {} on {} in {:.1} s: {:.2} GiB of GPU memory in use ({:.2} GiB KV cache)",
@@ -105,6 +108,11 @@ impl model::Forward for GpuModel {
     fn new_cache(&self, max_tokens: usize) -> KvCache {
         // The GPU holds pages for kv_tokens slots; the engine asks for the same number.
         KvCache::pages_only(max_tokens.min(self.kv_tokens))
+    }
+
+    fn prefill_batching(&self) -> Option<(usize, usize)> {
+        // One forward chunk holds 512 rows: up to 32 decode rows and 480 prompt tokens.
+        Some((cuda::serve::MAX_ROWS - cuda::kernels::TC_MAX_ROWS, 16))
     }
 
     fn forward(

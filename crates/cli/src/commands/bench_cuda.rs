@@ -36,6 +36,11 @@ pub struct CudaArgs {
     /// backend and compare tokens and logits
     #[arg(long)]
     pub compare_cpu: Option<usize>,
+    /// With --compare-cpu: the CPU backend runs this model directory instead of --model (e.g.
+    /// a GPTQ model dequantized to fp16 by tools/gptq_dequant.py: an f32-activation reference
+    /// for the GPU's GPTQ kernels, where the CPU's own GPTQ kernels use 8-bit activations)
+    #[arg(long)]
+    pub reference: Option<std::path::PathBuf>,
 }
 
 /// Runs the GPU bench when `--device cuda`; returns false for the CPU bench to run instead.
@@ -77,7 +82,7 @@ pub fn run_if_cuda(
         }
     }
     if let Some(steps) = c.compare_cpu {
-        failed += compare_cpu(&gpu, model, steps)?;
+        failed += compare_cpu(&gpu, model, c.reference.as_deref(), steps)?;
     }
     let kv_tokens = model.ctx_size.unwrap_or(4096);
     let opts = cuda::bench::Opts {
@@ -148,9 +153,18 @@ pub fn run_if_cuda(
 }
 
 /// Greedy decoding of a fixed prompt on both backends; returns the number of failed checks.
-fn compare_cpu(gpu: &cuda::Gpu, args: &ModelArgs, steps: usize) -> Result<usize> {
+fn compare_cpu(
+    gpu: &cuda::Gpu,
+    args: &ModelArgs,
+    reference: Option<&std::path::Path>,
+    steps: usize,
+) -> Result<usize> {
     let path = crate::model_path::resolve(args.model.as_deref())?;
-    let loaded = args.load()?;
+    let loaded = match reference {
+        Some(r) => model::load::load(r)
+            .with_context(|| format!("loading the reference model {}", r.display()))?,
+        None => args.load()?,
+    };
     let pool = args.pool()?;
     let cpu = &loaded.model;
     let prompt = loaded
@@ -227,8 +241,9 @@ fn compare_cpu(gpu: &cuda::Gpu, args: &ModelArgs, steps: usize) -> Result<usize>
         .take_while(|(a, b)| a == b)
         .count();
     println!(
-        "compare {} on GPU vs CPU, prompt {} tokens, {steps} greedy steps:",
+        "compare {} on GPU vs CPU{}, prompt {} tokens, {steps} greedy steps:",
         path.display(),
+        reference.map_or(String::new(), |r| format!(" running {}", r.display())),
         prompt.len()
     );
     println!("  tokens identical for {same}/{steps} steps; max |logit diff| {max_diff:.4}; max relative L2 {max_rel:.2e}");

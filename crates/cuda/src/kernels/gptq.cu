@@ -375,19 +375,28 @@ extern "C" __global__ void copy_cols_u16(const u16* __restrict__ src, u16* __res
 #ifndef NT
 #define NT 4
 #endif
+// TCU: slabs whose weights are loaded before their math (registers vs loads in flight);
+// TCB: minimum resident blocks per SM asked of the register allocator.
+#ifndef TCU
+#define TCU 4
+#endif
+#ifndef TCB
+#define TCB 1
+#endif
 __device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
     u32 d;
     asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
     return d;
 }
 __device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-    asm volatile(
+    // Not volatile: the compiler may interleave independent mmas to hide their latency.
+    asm(
         "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
         "{%0,%1,%2,%3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
-extern "C" __global__ void __launch_bounds__(128) gptq_gemm_tc(
+extern "C" __global__ void __launch_bounds__(128, TCB) gptq_gemm_tc(
     const u32* __restrict__ qw, const u16* __restrict__ scales, const u8* __restrict__ zeros,
     const u32* __restrict__ x,  // [nseg][rows][K / 2] pairs, xpos order
     float* __restrict__ out, int K, int N, int group_size, int rows, int n1, int n2, int xseg, int kch) {
@@ -415,15 +424,15 @@ extern "C" __global__ void __launch_bounds__(128) gptq_gemm_tc(
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) xr[nt] = x + (size_t)min(nt * 8 + g, rows - 1) * (K / 2) + 4 * t;
 
-    for (int sb = s0; sb < s1; sb += 4) {
-        u32 w[4][8];
+    for (int sb = s0; sb < s1; sb += TCU) {
+        u32 w[TCU][8];
 #pragma unroll
-        for (int u = 0; u < 4; u++)
+        for (int u = 0; u < TCU; u++)
 #pragma unroll
             for (int i = 0; i < 8; i++)
                 w[u][i] = (sb + u < s1 && ok[i]) ? __ldg(qw + (size_t)((sb + u) * 4 + t) * N + col[i]) : 0u;
 #pragma unroll
-        for (int u = 0; u < 4; u++) {
+        for (int u = 0; u < TCU; u++) {
             const int s = sb + u;
             if (s >= s1) break;
             uint4 xv[NT];
@@ -449,11 +458,13 @@ extern "C" __global__ void __launch_bounds__(128) gptq_gemm_tc(
                     q[h][2] = hmul2(hsub2((v2 & 0x000F000Fu) | 0x64006400u, zlo), s2);
                     q[h][3] = hmul2(hfma2((v2 & 0x00F000F0u) | 0x64006400u, 0x2C002C00u, zhi), s2);
                 }
+                // The two k-halves of the slab go to each accumulator NT mmas apart.
 #pragma unroll
-                for (int nt = 0; nt < NT; nt++) {
+                for (int nt = 0; nt < NT; nt++)
                     mma16816(acc[a][nt], q[0][0], q[1][0], q[0][1], q[1][1], xv[nt].x, xv[nt].y);
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++)
                     mma16816(acc[a][nt], q[0][2], q[1][2], q[0][3], q[1][3], xv[nt].z, xv[nt].w);
-                }
             }
         }
     }
