@@ -216,7 +216,24 @@ impl Llama {
             }
         }
         Self::reserve_positions(batch, cache)?;
+        // Long batches run in pieces: the same results (each piece's tokens see the cache the
+        // earlier pieces wrote), with activation scratch bounded by the piece.
+        let mut logits = Vec::new();
+        for piece in batch.chunks(FORWARD_PIECE) {
+            logits.extend(self.forward_piece(piece, cache, pool)?);
+        }
+        Ok(logits)
+    }
 
+    /// [`Llama::forward`] on positions already reserved.
+    fn forward_piece(
+        &self,
+        batch: &[BatchToken],
+        cache: &mut KvCache,
+        pool: &ThreadPool,
+    ) -> Result<Vec<f32>, ForwardError> {
+        let c = &self.config;
+        let n = batch.len();
         let mut s = Scratch {
             x: vec![0.0; n * c.hidden],
             h: vec![0.0; n * c.hidden],
@@ -459,6 +476,10 @@ impl Llama {
         Ok(())
     }
 }
+
+/// Tokens per forward pass piece: 256 tokens of activations are ~6 MB for SmolLM2 (~60 MB
+/// for a 70B), and a piece that long already reuses each weight block for many tokens.
+const FORWARD_PIECE: usize = 256;
 
 /// Tokens per attention tile of a prefill: enough to amortize converting the cache, small
 /// enough that a few hundred prompt tokens still make several jobs per thread.
