@@ -271,9 +271,11 @@ pub fn check_all(gpu: &Gpu) -> Result<Report> {
     Ok(r)
 }
 
+/// One part's checkpoint tensors (qweight, qzeros, scales, g_idx) and its CPU repack.
+type Part = (Vec<u32>, Vec<u32>, Vec<u16>, Vec<i32>, Packed);
+
 /// Checkpoint tensors of a fused linear (parts with their own act-order g_idx), as a loader sees
 /// them: (qweight, qzeros, scales, g_idx) per part, and the CPU repack of each part.
-#[allow(clippy::type_complexity)]
 fn random_parts(
     rng: &mut Rng,
     bits: u32,
@@ -281,7 +283,7 @@ fn random_parts(
     ns: &[usize],
     gs: usize,
     sym: bool,
-) -> Vec<(Vec<u32>, Vec<u32>, Vec<u16>, Vec<i32>, Packed)> {
+) -> Vec<Part> {
     let groups = k.div_ceil(gs);
     ns.iter()
         .map(|&n| {
@@ -327,13 +329,7 @@ fn random_parts(
 }
 
 /// The loader's GPU repack of a fused linear with parts of different permutations.
-fn gpu_fused(
-    gpu: &Gpu,
-    bits: u32,
-    k: usize,
-    gs: usize,
-    parts: &[(Vec<u32>, Vec<u32>, Vec<u16>, Vec<i32>, Packed)],
-) -> Result<QLinear> {
+fn gpu_fused(gpu: &Gpu, bits: u32, k: usize, gs: usize, parts: &[Part]) -> Result<QLinear> {
     let n: usize = parts.iter().map(|p| p.4.n).sum();
     let groups = k.div_ceil(gs);
     let mut perms = Vec::new();
@@ -388,12 +384,7 @@ fn gpu_fused(
 }
 
 /// y[b][c] over the fused linear's parts: part p reads x through its own permutation.
-fn fused_ref(
-    parts: &[(Vec<u32>, Vec<u32>, Vec<u16>, Vec<i32>, Packed)],
-    x: &[f32],
-    rows: usize,
-    k: usize,
-) -> Vec<f32> {
+fn fused_ref(parts: &[Part], x: &[f32], rows: usize, k: usize) -> Vec<f32> {
     let n: usize = parts.iter().map(|p| p.4.n).sum();
     let mut y = vec![0f32; rows * n];
     let mut col0 = 0;
@@ -414,13 +405,7 @@ fn fused_ref(
 }
 
 /// x [rows][k] gathered per part and shuffled into the pair order: [nseg][rows][k] fp16.
-fn fused_x(
-    parts: &[(Vec<u32>, Vec<u32>, Vec<u16>, Vec<i32>, Packed)],
-    x: &[f32],
-    rows: usize,
-    k: usize,
-    bits: u32,
-) -> Vec<u16> {
+fn fused_x(parts: &[Part], x: &[f32], rows: usize, k: usize, bits: u32) -> Vec<u16> {
     let mut out = vec![0u16; parts.len() * rows * k];
     for (s, p) in parts.iter().enumerate() {
         for b in 0..rows {

@@ -471,7 +471,7 @@ impl<'a> Loader<'a> {
                 .chunks_exact(4)
                 .enumerate()
                 .all(|(i, c)| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) == zrow[i % zrow.len()]);
-            if !sym && bits == 8 && offset == 1 && zb.iter().any(|&b| b == 0xff) {
+            if !sym && bits == 8 && offset == 1 && zb.contains(&0xff) {
                 bail!(
                     "{prefix}.qzeros: an 8-bit zero point of 256 does not fit the kernel's bytes"
                 );

@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 use std::collections::HashMap;
 
 /// Rows per forward chunk: longer batches (prompts) run in chunks of this many.
-pub const MAX_ROWS: usize = 512;
+pub const MAX_ROWS: usize = 1024;
 
 pub struct ServeModel {
     pub gpu: Gpu,

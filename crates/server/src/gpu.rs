@@ -111,7 +111,7 @@ impl model::Forward for GpuModel {
     }
 
     fn prefill_batching(&self) -> Option<(usize, usize)> {
-        // One forward chunk holds 512 rows: up to 32 decode rows and 480 prompt tokens.
+        // One forward chunk holds MAX_ROWS (1024) rows: up to 32 decode rows, the rest prompts.
         Some((cuda::serve::MAX_ROWS - cuda::kernels::TC_MAX_ROWS, 16))
     }
 
