@@ -200,7 +200,6 @@ impl Llama {
         pool: &ThreadPool,
     ) -> Result<Vec<f32>, ForwardError> {
         let c = &self.config;
-        let n = batch.len();
         for t in batch {
             if t.token as usize >= c.n_vocab {
                 return Err(ForwardError::TokenOutOfRange {

@@ -496,6 +496,24 @@ fn hf_chat_template(
     })
 }
 
+/// GPT-2's byte-level alphabet, reversed: printable bytes stand for themselves, the other 68
+/// bytes (controls, space, ...) are shifted to U+0100 and up, in byte order.
+fn byte_level_alphabet() -> std::collections::HashMap<char, u8> {
+    let mut map = std::collections::HashMap::with_capacity(256);
+    let mut shifted = 0u32;
+    for b in 0..=255u8 {
+        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
+        let c = if printable {
+            char::from(b)
+        } else {
+            shifted += 1;
+            char::from_u32(255 + shifted).expect("U+0100..U+0143 are chars")
+        };
+        map.insert(c, b);
+    }
+    map
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -608,22 +626,4 @@ mod tests {
         shared::<Tokenizer>();
         shared::<crate::ChatTemplate>();
     }
-}
-
-/// GPT-2's byte-level alphabet, reversed: printable bytes stand for themselves, the other 68
-/// bytes (controls, space, ...) are shifted to U+0100 and up, in byte order.
-fn byte_level_alphabet() -> std::collections::HashMap<char, u8> {
-    let mut map = std::collections::HashMap::with_capacity(256);
-    let mut shifted = 0u32;
-    for b in 0..=255u8 {
-        let printable = matches!(b, b'!'..=b'~' | 0xA1..=0xAC | 0xAE..=0xFF);
-        let c = if printable {
-            char::from(b)
-        } else {
-            shifted += 1;
-            char::from_u32(255 + shifted).expect("U+0100..U+0143 are chars")
-        };
-        map.insert(c, b);
-    }
-    map
 }
