@@ -637,6 +637,37 @@ pub fn sort_by_group(g_idx: &[i32], gs: usize, groups: usize) -> Result<Option<V
 mod tests {
     use super::*;
 
+    /// Several shards without an index (as the peers' generator writes them): every file is
+    /// opened, tensors are found with their absolute byte ranges and read back exactly.
+    #[test]
+    fn shards_without_an_index_are_all_opened() {
+        let dir = std::env::temp_dir().join(format!("meditron-cuda-load-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let a: Vec<u8> = (0..64u8).collect();
+        let b: Vec<u8> = (0..24u8).map(|x| x.wrapping_mul(7)).collect();
+        formats::safetensors::write_safetensors(
+            &dir.join("model-embed.safetensors"),
+            &[("x.weight", Dtype::F16, &[4, 8], &a)],
+            &[],
+        )
+        .unwrap();
+        formats::safetensors::write_safetensors(
+            &dir.join("model-00000.safetensors"),
+            &[("y.qweight", Dtype::I32, &[2, 3], &b)],
+            &[],
+        )
+        .unwrap();
+        let f = Files::open(&dir, None).unwrap();
+        assert!(f.contains("x.weight") && f.contains("y.qweight"));
+        let p = f.expect("y.qweight", Dtype::I32, &[2, 3]).unwrap();
+        assert_eq!(f.read_host(&p).unwrap(), b);
+        let p = f.expect("x.weight", Dtype::F16, &[4, 8]).unwrap();
+        assert_eq!(f.read_host(&p).unwrap(), a);
+        let e = f.expect("x.weight", Dtype::F16, &[8, 4]).err().unwrap();
+        assert!(format!("{e:#}").contains("expected"), "{e:#}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn sort_by_group_is_stable_and_checks_groups() {
         let g = [1, 0, 1, 0];
