@@ -31,7 +31,7 @@ pub async fn info(State(state): State<Arc<AppState>>) -> Json<Value> {
         "model_id": state.model_id,
         "model_sha": null,
         "model_dtype": "gguf",
-        "model_device_type": "cpu",
+        "model_device_type": state.device,
         "model_pipeline_tag": "text-generation",
         "max_concurrent_requests": l.max_concurrent_requests,
         "max_best_of": l.max_best_of,

@@ -104,7 +104,7 @@ impl Server {
             args.threads,
             metrics.clone(),
         )?;
-        let state = Arc::new(AppState::new(
+        let mut state = AppState::new(
             engine.client(),
             g.tokenizer,
             g.template,
@@ -113,7 +113,9 @@ impl Server {
             model_id,
             args.api_key.clone().filter(|k| !k.is_empty()),
             args.payload_limit,
-        ));
+        );
+        state.device = "cuda";
+        let state = Arc::new(state);
         Ok(Server {
             state,
             engine,

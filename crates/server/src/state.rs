@@ -23,6 +23,8 @@ pub struct AppState {
     pub model_id: String,
     pub api_key: Option<String>,
     pub payload_limit: usize,
+    /// Where the model runs, as `/info` reports it ("cpu" or "cuda").
+    pub device: &'static str,
     pub shutting_down: AtomicBool,
     /// The vocabulary as bytes, for JSON-constrained requests; built at the first one.
     token_table: std::sync::OnceLock<Arc<TokenTable>>,
@@ -53,6 +55,7 @@ impl AppState {
             model_id,
             api_key,
             payload_limit,
+            device: "cpu",
             shutting_down: AtomicBool::new(false),
             token_table: Default::default(),
             next_id: AtomicU64::new(1),

@@ -16,6 +16,7 @@ async fn health_info_metrics_and_models() {
     assert_eq!(info["max_total_tokens"], 4096);
     assert_eq!(info["max_best_of"], 2);
     assert_eq!(info["max_stop_sequences"], 4);
+    assert_eq!(info["model_device_type"], "cpu");
     let models = get(&format!("{url}/v1/models")).await.json();
     assert_eq!(models["data"][0]["object"], "model");
     let m = get(&format!("{url}/metrics")).await;
