@@ -199,7 +199,24 @@ impl Llama {
         cache: &mut KvCache,
         pool: &ThreadPool,
     ) -> Result<Vec<f32>, ForwardError> {
-        let c = &self.config;
+        Self::check_and_reserve(&self.config, batch, cache)?;
+        // Long batches run in pieces: the same results (each piece's tokens see the cache the
+        // earlier pieces wrote), with activation scratch bounded by the piece.
+        let mut logits = Vec::new();
+        for piece in batch.chunks(FORWARD_PIECE) {
+            logits.extend(self.forward_piece(piece, cache, pool)?);
+        }
+        Ok(logits)
+    }
+
+    /// Refuses tokens outside the vocabulary and positions past the context, then makes room
+    /// for the batch's positions in `cache` ([`Llama::reserve_positions`]): what every
+    /// forward pass (CPU or GPU) does before touching a layer.
+    pub fn check_and_reserve(
+        c: &ModelConfig,
+        batch: &[BatchToken],
+        cache: &mut KvCache,
+    ) -> Result<(), ForwardError> {
         for t in batch {
             if t.token as usize >= c.n_vocab {
                 return Err(ForwardError::TokenOutOfRange {
@@ -214,14 +231,7 @@ impl Llama {
                 });
             }
         }
-        Self::reserve_positions(batch, cache)?;
-        // Long batches run in pieces: the same results (each piece's tokens see the cache the
-        // earlier pieces wrote), with activation scratch bounded by the piece.
-        let mut logits = Vec::new();
-        for piece in batch.chunks(FORWARD_PIECE) {
-            logits.extend(self.forward_piece(piece, cache, pool)?);
-        }
-        Ok(logits)
+        Self::reserve_positions(batch, cache)
     }
 
     /// [`Llama::forward`] on positions already reserved.

@@ -121,22 +121,7 @@ impl model::Forward for GpuModel {
         cache: &mut KvCache,
         _pool: &ThreadPool,
     ) -> Result<Vec<f32>, ForwardError> {
-        let c = &self.config;
-        for t in batch {
-            if t.token as usize >= c.n_vocab {
-                return Err(ForwardError::TokenOutOfRange {
-                    token: t.token,
-                    n_vocab: c.n_vocab,
-                });
-            }
-            if t.pos >= c.max_context {
-                return Err(ForwardError::ContextExceeded {
-                    pos: t.pos,
-                    max_context: c.max_context,
-                });
-            }
-        }
-        Llama::reserve_positions(batch, cache)?;
+        Llama::check_and_reserve(&self.config, batch, cache)?;
         let mut seqs: Vec<SeqId> = Vec::new();
         let rows: Vec<cuda::serve::Row> = batch
             .iter()
