@@ -283,6 +283,8 @@ mod avx512 {
 
     /// Query rows per pass: 4 rows x 4 vectors of 16 dims = 16 accumulators.
     const ROWS: usize = 4;
+    /// Query rows per pass of the scores: 2 rows x 8 lane sums = 16 accumulators.
+    const SCORE_ROWS: usize = 2;
 
     #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
@@ -339,21 +341,32 @@ mod avx512 {
         scores.clear();
         scores.resize(rows * np, 0.0);
         let vscale = _mm512_set1_ps(scale);
-        // ---- scores = Q K^T, 4 rows x 16 positions per block ----
-        for r0 in (0..rows).step_by(ROWS) {
-            let rn = (rows - r0).min(ROWS);
-            let qp: [*const f32; ROWS] = std::array::from_fn(|j| q_row(r0 + j.min(rn - 1)));
+        // ---- scores = Q K^T, 2 rows x 16 positions per block ----
+        // Bit for bit what the one-token kernel computes, so that a token's result does not
+        // depend on how a prompt was cut into tiles: there, lane l of an 8-wide accumulator
+        // sums dimensions l, l + 8, ... in order, then the lanes are added as
+        // ((0+4) + (2+6)) + ((1+5) + (3+7)). Here accumulator l holds that lane's sum for 16
+        // positions at once.
+        for r0 in (0..rows).step_by(SCORE_ROWS) {
+            let rn = (rows - r0).min(SCORE_ROWS);
+            let qp: [*const f32; SCORE_ROWS] = std::array::from_fn(|j| q_row(r0 + j.min(rn - 1)));
             for b in 0..len(r0 + rn - 1).div_ceil(16) {
-                let mut acc = [_mm512_setzero_ps(); ROWS];
-                for d in 0..hd {
-                    let kv = _mm512_loadu_ps(kt.as_ptr().add(d * np + b * 16));
-                    for j in 0..ROWS {
-                        acc[j] = _mm512_fmadd_ps(_mm512_set1_ps(*qp[j].add(d)), kv, acc[j]);
+                let mut acc = [[_mm512_setzero_ps(); 8]; SCORE_ROWS];
+                for d0 in (0..hd).step_by(8) {
+                    for l in 0..8 {
+                        let kv = _mm512_loadu_ps(kt.as_ptr().add((d0 + l) * np + b * 16));
+                        for j in 0..SCORE_ROWS {
+                            let qv = _mm512_set1_ps(*qp[j].add(d0 + l));
+                            acc[j][l] = _mm512_fmadd_ps(qv, kv, acc[j][l]);
+                        }
                     }
                 }
                 for j in 0..rn {
+                    let a = &acc[j];
+                    let even = _mm512_add_ps(_mm512_add_ps(a[0], a[4]), _mm512_add_ps(a[2], a[6]));
+                    let odd = _mm512_add_ps(_mm512_add_ps(a[1], a[5]), _mm512_add_ps(a[3], a[7]));
                     let at = scores.as_mut_ptr().add((r0 + j) * np + b * 16);
-                    _mm512_storeu_ps(at, _mm512_mul_ps(acc[j], vscale));
+                    _mm512_storeu_ps(at, _mm512_mul_ps(_mm512_add_ps(even, odd), vscale));
                 }
             }
         }
@@ -535,6 +548,24 @@ mod tests {
                             "{a} vs {b} (token {i}, group {group}, hd {hd})"
                         );
                     }
+                    // Bit for bit the one-token kernel: a token's output must not depend on
+                    // the tile it was computed in (greedy serving is deterministic).
+                    let mut single = vec![0f32; group * hd];
+                    attend(
+                        rows,
+                        &seen,
+                        kvh * hd,
+                        stride,
+                        hd,
+                        scale,
+                        &mut Vec::new(),
+                        &mut single,
+                    );
+                    assert_eq!(
+                        got[i * group * hd..][..group * hd],
+                        single[..],
+                        "token {i}, group {group}, hd {hd}"
+                    );
                 }
             }
         }
