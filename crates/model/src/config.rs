@@ -24,6 +24,27 @@ pub struct ModelConfig {
 }
 
 impl ModelConfig {
+    /// The shape a Hugging Face `config.json` describes, with `n_vocab` taken from the caller
+    /// (the embedding's rows, which can differ from `vocab_size`).
+    pub fn from_hf(hf: &formats::LlamaConfig, n_vocab: usize) -> ModelConfig {
+        ModelConfig {
+            architecture: hf.model_type.clone(),
+            n_layers: hf.num_hidden_layers,
+            hidden: hf.hidden_size,
+            intermediate: hf.intermediate_size,
+            n_heads: hf.num_attention_heads,
+            n_kv_heads: hf.kv_heads(),
+            head_dim: hf.head_dim(),
+            n_vocab,
+            max_context: hf.max_position_embeddings,
+            rope_theta: hf.rope_theta as f32,
+            rope_dims: hf.head_dim(),
+            rope_style: RopeStyle::Halves,
+            rms_eps: hf.rms_norm_eps as f32,
+            tie_embeddings: hf.tie_word_embeddings,
+        }
+    }
+
     pub fn q_dim(&self) -> usize {
         self.n_heads * self.head_dim
     }

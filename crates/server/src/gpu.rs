@@ -5,7 +5,6 @@
 
 use crate::args::{Limits, ServeArgs};
 use anyhow::{bail, Context, Result};
-use kernels::cpu::ops::RopeStyle;
 use kernels::cpu::ThreadPool;
 use model::{BatchToken, ForwardError, KvCache, Llama, ModelConfig, SeqId};
 use std::path::Path;
@@ -36,22 +35,7 @@ pub fn load(path: &Path, args: &ServeArgs) -> Result<GpuLoaded> {
     let hf = formats::LlamaConfig::from_file(&path.join("config.json"))
         .with_context(|| format!("reading {}/config.json", path.display()))?;
     hf.validate()?;
-    let config = ModelConfig {
-        architecture: hf.model_type.clone(),
-        n_layers: hf.num_hidden_layers,
-        hidden: hf.hidden_size,
-        intermediate: hf.intermediate_size,
-        n_heads: hf.num_attention_heads,
-        n_kv_heads: hf.kv_heads(),
-        head_dim: hf.head_dim(),
-        n_vocab: hf.vocab_size,
-        max_context: hf.max_position_embeddings,
-        rope_theta: hf.rope_theta as f32,
-        rope_dims: hf.head_dim(),
-        rope_style: RopeStyle::Halves,
-        rms_eps: hf.rms_norm_eps as f32,
-        tie_embeddings: hf.tie_word_embeddings,
-    };
+    let config = ModelConfig::from_hf(&hf, hf.vocab_size);
     let kv_bytes_per_token = config.n_layers * 2 * config.kv_dim() * 2;
     let limits = Limits::resolve(args, config.max_context, kv_bytes_per_token)?;
     let tokenizer = model::load::load_tokenizer(path)

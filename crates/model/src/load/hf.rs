@@ -9,7 +9,6 @@ use anyhow::{anyhow, bail, Context, Result};
 use formats::gptq::GptqConfig;
 use formats::{Dtype, LlamaConfig, ModelWeights};
 use kernels::cpu::matmul::WeightFormat;
-use kernels::cpu::ops::RopeStyle;
 use std::path::Path;
 use tokenizer::Tokenizer;
 
@@ -47,24 +46,8 @@ pub fn load(dir: &Path) -> Result<LoadedModel> {
         _ => matrix(&format!("{prefix}.weight")),
     };
     let vector = |name: &str| hf_vector(&weights, name);
-    let head_dim = hf.head_dim();
     let embed_tokens = matrix("model.embed_tokens.weight")?;
-    let config = ModelConfig {
-        architecture: hf.model_type.clone(),
-        n_layers: hf.num_hidden_layers,
-        hidden: hf.hidden_size,
-        intermediate: hf.intermediate_size,
-        n_heads: hf.num_attention_heads,
-        n_kv_heads: hf.kv_heads(),
-        head_dim,
-        n_vocab: embed_tokens.rows,
-        max_context: hf.max_position_embeddings,
-        rope_theta: hf.rope_theta as f32,
-        rope_dims: head_dim,
-        rope_style: RopeStyle::Halves,
-        rms_eps: hf.rms_norm_eps as f32,
-        tie_embeddings: hf.tie_word_embeddings,
-    };
+    let config = ModelConfig::from_hf(&hf, embed_tokens.rows);
     let (hidden, inter) = (config.hidden, config.intermediate);
     let (q_dim, kv_dim) = (config.q_dim(), config.kv_dim());
     let mut layers = Vec::with_capacity(config.n_layers);
