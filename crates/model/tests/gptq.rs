@@ -146,7 +146,7 @@ fn is_gptq(m: &LoadedModel, act_order: bool) {
             assert!(
                 matches!(
                     mat.format,
-                    WeightFormat::Gptq(_) | WeightFormat::Packed(PackedKind::Q4Z)
+                    WeightFormat::Gptq(_) | WeightFormat::Packed(PackedKind::Q4Z | PackedKind::Q4G)
                 ),
                 "{}",
                 mat.name
@@ -247,7 +247,7 @@ fn perplexity(m: &Llama, pool: &ThreadPool, tokens: &[u32], ctx: usize, chunks: 
 }
 
 /// Quality on the whole default model, 2 chunks of 512 tokens of the medical text: 8-bit g32
-/// within 1% of fp16's perplexity (measured 1.0087). Round-to-nearest 4-bit g128 act-order is
+/// within 1% of fp16's perplexity. Round-to-nearest 4-bit g128 act-order is
 /// far from the issue's "few percent" (measured 1.76: the fp16 source is itself the Q4_1 GGUF,
 /// re-rounded onto a coarser grid, and RTN has no error feedback); that bar is for GPTQ
 /// proper (`meditron quantize`), so here it only guards against a broken layout (a wrong
@@ -277,11 +277,9 @@ fn perplexity_stays_close_to_fp16() {
                 format: v1,
                 shards: 1,
             },
-            // The issue asks for 1%. Measured on these 2 x 512 tokens: under 1.01 until
-            // 6b34604, 1.0121 from f75afa4 (attention rounding order changed; the GPTQ kernels
-            // also round activations to 8 bits, the fp16 path does not). Bounded at 1.5% so
-            // that the test catches a broken 8-bit path, not rounding noise.
-            1.015,
+            // The issue asks for 1%: measured 1.0061 with f32 activations for 8-bit weights
+            // (1.0121 when they were rounded to 8 bits too).
+            1.01,
         ),
         (
             "4-bit g128 act-order",

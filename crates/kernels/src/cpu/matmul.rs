@@ -35,7 +35,9 @@ impl WeightFormat {
         let (elems, bytes) = match *self {
             WeightFormat::Quant(k) => (QK, k.block_bytes()),
             WeightFormat::Gptq(g) => (QK, g.block_bytes()),
-            WeightFormat::Packed(k) => (QK, k.block_bytes()),
+            WeightFormat::Packed(k) => {
+                return cols.is_multiple_of(QK).then(|| k.row_bytes(cols / QK));
+            }
             WeightFormat::F32 => (1, 4),
             WeightFormat::F16 | WeightFormat::BF16 => (1, 2),
             WeightFormat::Blocks {

@@ -15,6 +15,7 @@
 //! |---|---|---|
 //! | Q4 | 320 | 16 x f16 `d`; 16 x f16 `m`; then 4 x 64 bytes: chunk `k`, lane `i` = row `i`'s GGUF nibble bytes `4k..4k+4` |
 //! | Q8 | 544 | 16 x f16 `d`; then 8 x 64 bytes: chunk `k`, lane `i` = row `i`'s 4 values `4k..4k+4`, each + 128 (as u8) |
+//! | Q4G | 1088 per 4 blocks | 16 x f16 `d`; 16 x f16 `-z`; then the 4 blocks' 256 bytes of nibbles, each as in Q4 |
 //!
 //! Q4 values are `q * d + m` (Q4_1 as stored; Q4_0's `(q - 8) * d` with `m = -8 d`, exact in
 //! f16); a GGUF nibble byte `j` holds element `j` (low) and `j + 16` (high), so chunk `k`
@@ -45,7 +46,14 @@ pub enum PackedKind {
     /// 4-bit values `d * (q - z)` (from GPTQ, by [`pack_gptq4`]): the Q4 layout with `-z`
     /// (a small integer, exact in f16) where Q4 keeps `m`; `m = -d z` is formed in f32.
     Q4Z,
+    /// [`PackedKind::Q4Z`] with one scale and zero per run of 4 blocks (128 inputs; the last
+    /// run may be shorter), for GPTQ groups of 128 or more: 4.25 bits per weight instead of 5,
+    /// and the scales applied once per run.
+    Q4G,
 }
+
+/// Blocks of 32 inputs sharing one header in [`PackedKind::Q4G`].
+const SUPER: usize = 4;
 
 impl PackedKind {
     /// Bytes of one block of one row (the group holds 16 of them).
@@ -53,6 +61,32 @@ impl PackedKind {
         match self {
             PackedKind::Q4 | PackedKind::Q4Z => 20,
             PackedKind::Q8 => 34,
+            PackedKind::Q4G => 17,
+        }
+    }
+
+    /// Bytes of one row of `nb` blocks.
+    pub fn row_bytes(self, nb: usize) -> usize {
+        match self {
+            PackedKind::Q4G => nb * 16 + nb.div_ceil(SUPER) * 4,
+            _ => nb * self.block_bytes(),
+        }
+    }
+
+    /// Bytes of one group of 16 rows of `nb` blocks.
+    fn group_bytes(self, nb: usize) -> usize {
+        self.row_bytes(nb) * GROUP
+    }
+
+    /// Offsets within a group's data of block `b`'s header (`d`, then the offset field) and
+    /// of its nibbles (4 x 64 bytes), for the 4-bit kinds.
+    fn q4_block(self, b: usize) -> (usize, usize) {
+        match self {
+            PackedKind::Q4G => {
+                let h = b / SUPER * (64 + 256 * SUPER);
+                (h, h + 64 + 256 * (b % SUPER))
+            }
+            _ => (b * 320, b * 320 + 64),
         }
     }
 
@@ -105,12 +139,12 @@ pub fn pack(
                         }
                         dst[2 * i..2 * i + 2].copy_from_slice(&src[0..2]);
                         dst[32 + 2 * i..34 + 2 * i].copy_from_slice(&m.to_le_bytes());
-                        put_q4_nibbles(dst, i, &src[2..18]);
+                        put_q4_nibbles(&mut dst[64..], i, &src[2..18]);
                     }
                     QuantKind::Q4_1 => {
                         dst[2 * i..2 * i + 2].copy_from_slice(&src[0..2]);
                         dst[32 + 2 * i..34 + 2 * i].copy_from_slice(&src[2..4]);
-                        put_q4_nibbles(dst, i, &src[4..20]);
+                        put_q4_nibbles(&mut dst[64..], i, &src[4..20]);
                     }
                     QuantKind::Q8_0 => {
                         dst[2 * i..2 * i + 2].copy_from_slice(&src[0..2]);
@@ -128,18 +162,20 @@ pub fn pack(
     Some((pk, out))
 }
 
+/// Row `lane`'s 16 nibble bytes of a block into the 4 x 64 bytes at `dst`.
 fn put_q4_nibbles(dst: &mut [u8], lane: usize, qs: &[u8]) {
     for k in 0..4 {
-        dst[64 + 64 * k + 4 * lane..64 + 64 * k + 4 * lane + 4]
-            .copy_from_slice(&qs[4 * k..4 * k + 4]);
+        dst[64 * k + 4 * lane..64 * k + 4 * lane + 4].copy_from_slice(&qs[4 * k..4 * k + 4]);
     }
 }
 
 /// Repacks a 4-bit GPTQ matrix already in [`super::gptq::repack`]'s row layout (per row and
 /// block of 32 inputs: f16 scale, i16 zero, 16 bytes of nibbles in the Q4 order) into
-/// 16-row groups of [`PackedKind::Q4Z`]; None when the shape does not allow it. The input
-/// permutation of act-order stays with the caller.
-pub fn pack_gptq4(data: &[u8], rows: usize, cols: usize) -> Option<Vec<u8>> {
+/// 16-row groups: [`PackedKind::Q4G`] when every run of 4 blocks shares its scale and zero
+/// (groups of 128 or more, act-order included, since repacking sorted inputs by group), else
+/// [`PackedKind::Q4Z`]; None when the shape does not allow it. The input permutation of
+/// act-order stays with the caller.
+pub fn pack_gptq4(data: &[u8], rows: usize, cols: usize) -> Option<(PackedKind, Vec<u8>)> {
     const SRC: usize = 20;
     if rows == 0 || !rows.is_multiple_of(GROUP) || !cols.is_multiple_of(QK) {
         return None;
@@ -148,23 +184,59 @@ pub fn pack_gptq4(data: &[u8], rows: usize, cols: usize) -> Option<Vec<u8>> {
     if data.len() != rows * nb * SRC {
         return None;
     }
-    let gbb = PackedKind::Q4Z.group_block_bytes();
-    let mut out = vec![0u8; rows * nb * SRC];
+    let src = |r: usize, b: usize| &data[(r * nb + b) * SRC..(r * nb + b + 1) * SRC];
+    let shared =
+        (0..rows).all(|r| (0..nb).all(|b| src(r, b)[..4] == src(r, b / SUPER * SUPER)[..4]));
+    let kind = if shared {
+        PackedKind::Q4G
+    } else {
+        PackedKind::Q4Z
+    };
+    let gb = kind.group_bytes(nb);
+    let mut out = vec![0u8; rows * kind.row_bytes(nb)];
     for g in 0..rows / GROUP {
+        let dst = &mut out[g * gb..(g + 1) * gb];
         for b in 0..nb {
-            let dst = &mut out[(g * nb + b) * gbb..(g * nb + b + 1) * gbb];
+            let (hdr, nib) = kind.q4_block(b);
             for i in 0..GROUP {
-                let r = g * GROUP + i;
-                let src = &data[(r * nb + b) * SRC..(r * nb + b + 1) * SRC];
+                let src = src(g * GROUP + i, b);
                 let z = i16::from_le_bytes([src[2], src[3]]);
-                dst[2 * i..2 * i + 2].copy_from_slice(&src[0..2]);
-                dst[32 + 2 * i..34 + 2 * i]
+                dst[hdr + 2 * i..hdr + 2 * i + 2].copy_from_slice(&src[0..2]);
+                dst[hdr + 32 + 2 * i..hdr + 34 + 2 * i]
                     .copy_from_slice(&f16::from_f32(-(z as f32)).to_le_bytes());
-                put_q4_nibbles(dst, i, &src[4..20]);
+                put_q4_nibbles(&mut dst[nib..nib + 256], i, &src[4..20]);
             }
         }
     }
-    Some(out)
+    Some((kind, out))
+}
+
+/// Any matrix (f32/f16/bf16 rows, through `w.dequantize_row`) rounded to Q8_0 as llama.cpp
+/// rounds it (per block of 32: `d = amax / 127` stored as f16, `q = round(x / d)`) and packed as
+/// [`PackedKind::Q8`]; None when the shape does not allow it. GPTQ checkpoints keep `lm_head`
+/// in fp16, which for a small model is half of the bytes read per decoded token; the GGUF
+/// files of the same model store it at 8 bits.
+pub fn pack_as_q8(w: &WeightView) -> Option<Vec<u8>> {
+    let (rows, cols) = (w.rows, w.cols);
+    if rows == 0 || !rows.is_multiple_of(GROUP) || !cols.is_multiple_of(QK) || w.perm.is_some() {
+        return None;
+    }
+    let src_bb = QuantKind::Q8_0.block_bytes();
+    let mut q8 = vec![0u8; rows * cols / QK * src_bb];
+    let mut row = vec![0f32; cols];
+    for (r, dst) in q8.chunks_exact_mut(cols / QK * src_bb).enumerate() {
+        w.dequantize_row(r, &mut row);
+        for (x, b) in row.chunks_exact(QK).zip(dst.chunks_exact_mut(src_bb)) {
+            let amax = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if d == 0.0 { 0.0 } else { 1.0 / d };
+            b[0..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
+            for (q, v) in b[2..].iter_mut().zip(x) {
+                *q = (v * inv).round() as i8 as u8;
+            }
+        }
+    }
+    pack(QuantKind::Q8_0, &q8, rows, cols).map(|(_, data)| data)
 }
 
 /// Row `r` of a packed matrix expanded to f32 (`out.len()` = cols).
@@ -173,19 +245,23 @@ pub fn dequantize_row(kind: PackedKind, data: &[u8], rows: usize, r: usize, out:
     let gbb = kind.group_block_bytes();
     let (g, i) = (r / GROUP, r % GROUP);
     debug_assert!(r < rows);
+    let gb = kind.group_bytes(nb);
+    let wg = &data[g * gb..(g + 1) * gb];
     for (b, o) in out.chunks_exact_mut(QK).enumerate() {
-        let blk = &data[(g * nb + b) * gbb..(g * nb + b + 1) * gbb];
-        let d = f16_at(blk, 2 * i);
         match kind {
-            PackedKind::Q4 | PackedKind::Q4Z => {
-                let m = offset(kind, d, f16_at(blk, 32 + 2 * i));
+            PackedKind::Q4 | PackedKind::Q4Z | PackedKind::Q4G => {
+                let (hdr, nib) = kind.q4_block(b);
+                let d = f16_at(wg, hdr + 2 * i);
+                let m = offset(kind, d, f16_at(wg, hdr + 32 + 2 * i));
                 for e in 0..QK / 2 {
-                    let byte = blk[64 + 64 * (e / 4) + 4 * i + e % 4];
+                    let byte = wg[nib + 64 * (e / 4) + 4 * i + e % 4];
                     o[e] = (byte & 0x0F) as f32 * d + m;
                     o[e + QK / 2] = (byte >> 4) as f32 * d + m;
                 }
             }
             PackedKind::Q8 => {
+                let blk = &wg[b * gbb..(b + 1) * gbb];
+                let d = f16_at(blk, 2 * i);
                 for (e, v) in o.iter_mut().enumerate() {
                     let u = blk[32 + 64 * (e / 4) + 4 * i + e % 4];
                     *v = (u as i32 - 128) as f32 * d;
@@ -340,8 +416,8 @@ pub fn matmul_many(
                 .expect("group 0 exists");
             let (kind, data, rows, out, first) = mats[m];
             let g = gg - first;
-            let gbb = kind.group_block_bytes();
-            let wg = &data[g * nb * gbb..(g + 1) * nb * gbb];
+            let gb = kind.group_bytes(nb);
+            let wg = &data[g * gb..(g + 1) * gb];
             let mut t = 0;
             while t < n {
                 let tile = (n - t).min(TOKEN_TILE);
@@ -377,7 +453,7 @@ pub fn matmul_many(
 /// A 4-bit block's offset `m` from its stored second field (Q4Z stores `-z`).
 #[inline]
 fn offset(kind: PackedKind, d: f32, field: f32) -> f32 {
-    if kind == PackedKind::Q4Z {
+    if matches!(kind, PackedKind::Q4Z | PackedKind::Q4G) {
         d * field
     } else {
         field
@@ -399,21 +475,24 @@ fn portable_group(
             let mut sum = 0f32;
             let mut off = 0f32;
             for b in 0..nb {
-                let blk = &wg[b * gbb..(b + 1) * gbb];
                 let xq = &act.qs[(t * nb + b) * QK..(t * nb + b + 1) * QK];
                 let (dx, isum) = (act.d[t * nb + b], act.isum[t * nb + b]);
-                let d = f16_at(blk, 2 * i);
                 let mut acc = 0i32;
+                let d;
                 match kind {
-                    PackedKind::Q4 | PackedKind::Q4Z => {
+                    PackedKind::Q4 | PackedKind::Q4Z | PackedKind::Q4G => {
+                        let (hdr, nib) = kind.q4_block(b);
+                        d = f16_at(wg, hdr + 2 * i);
                         for e in 0..QK / 2 {
-                            let byte = blk[64 + 64 * (e / 4) + 4 * i + e % 4];
+                            let byte = wg[nib + 64 * (e / 4) + 4 * i + e % 4];
                             acc += (byte & 0x0F) as i32 * xq[e] as i32;
                             acc += (byte >> 4) as i32 * xq[e + QK / 2] as i32;
                         }
-                        off += offset(kind, d, f16_at(blk, 32 + 2 * i)) * dx * isum as f32;
+                        off += offset(kind, d, f16_at(wg, hdr + 32 + 2 * i)) * dx * isum as f32;
                     }
                     PackedKind::Q8 => {
+                        let blk = &wg[b * gbb..(b + 1) * gbb];
+                        d = f16_at(blk, 2 * i);
                         acc = -128 * isum;
                         for (e, &xv) in xq.iter().enumerate() {
                             let u = blk[32 + 64 * (e / 4) + 4 * i + e % 4];
@@ -431,7 +510,7 @@ fn portable_group(
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::needless_range_loop)] // index loops over registers read best here
 mod vnni {
-    use super::{Activations, PackedKind, GROUP, QK, TOKEN_TILE};
+    use super::{Activations, PackedKind, GROUP, QK, SUPER, TOKEN_TILE};
 
     use std::arch::x86_64::*;
 
@@ -471,6 +550,10 @@ mod vnni {
             (PackedKind::Q4Z, 3) => go!(q4, 3, true),
             (PackedKind::Q4Z, 2) => go!(q4, 2, true),
             (PackedKind::Q4Z, _) => go!(q4, 1, true),
+            (PackedKind::Q4G, 4) => go!(q4g, 4),
+            (PackedKind::Q4G, 3) => go!(q4g, 3),
+            (PackedKind::Q4G, 2) => go!(q4g, 2),
+            (PackedKind::Q4G, _) => go!(q4g, 1),
             (PackedKind::Q8, 4) => go!(q8, 4),
             (PackedKind::Q8, 3) => go!(q8, 3),
             (PackedKind::Q8, 2) => go!(q8, 2),
@@ -568,6 +651,61 @@ mod vnni {
         std::array::from_fn(|j| _mm512_add_ps(_mm512_add_ps(sum[0][j], sum[1][j]), off[j]))
     }
 
+    /// [`PackedKind::Q4G`]: per block only the integer sums and the activation scale; the
+    /// rows' scales and zeros once per 4 blocks.
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+    unsafe fn q4g<const N: usize>(
+        w: *const u8,
+        nb: usize,
+        act: &Activations,
+        t0: usize,
+    ) -> [__m512; N] {
+        let mask = _mm512_set1_epi8(0x0F);
+        let mut sum = [_mm512_setzero_ps(); N];
+        let mut off = [_mm512_setzero_ps(); N];
+        for sb in 0..nb.div_ceil(SUPER) {
+            let p = w.add(sb * (64 + 256 * SUPER));
+            let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+            let m = _mm512_mul_ps(
+                d,
+                _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i)),
+            );
+            // Per token: sum over the 4 blocks of dx * (integer sums), and of dx * isum.
+            let mut acc = [_mm512_setzero_ps(); N];
+            let mut xoff = [0f32; N];
+            for sub in 0..SUPER.min(nb - sb * SUPER) {
+                let b = sb * SUPER + sub;
+                let q = p.add(64 + 256 * sub);
+                let mut lo = [_mm512_setzero_si512(); 4];
+                let mut hi = [_mm512_setzero_si512(); 4];
+                for k in 0..4 {
+                    let raw = _mm512_loadu_si512(q.add(64 * k) as *const _);
+                    lo[k] = _mm512_and_si512(raw, mask);
+                    hi[k] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
+                }
+                for j in 0..N {
+                    let blk = (t0 + j) * nb + b;
+                    let xq = act.qs.as_ptr().add(blk * QK);
+                    let mut a = _mm512_setzero_si512();
+                    let mut c = _mm512_setzero_si512();
+                    for k in 0..4 {
+                        a = _mm512_dpbusd_epi32(a, lo[k], bcast(xq, k));
+                        c = _mm512_dpbusd_epi32(c, hi[k], bcast(xq, 4 + k));
+                    }
+                    let dx = *act.d.get_unchecked(blk);
+                    let i = _mm512_cvtepi32_ps(_mm512_add_epi32(a, c));
+                    acc[j] = _mm512_fmadd_ps(i, _mm512_set1_ps(dx), acc[j]);
+                    xoff[j] += dx * *act.isum.get_unchecked(blk) as f32;
+                }
+            }
+            for j in 0..N {
+                sum[j] = _mm512_fmadd_ps(acc[j], d, sum[j]);
+                off[j] = _mm512_fmadd_ps(m, _mm512_set1_ps(xoff[j]), off[j]);
+            }
+        }
+        std::array::from_fn(|j| _mm512_add_ps(sum[j], off[j]))
+    }
+
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn q8<const N: usize>(
         w: *const u8,
@@ -622,6 +760,36 @@ mod tests {
                 assert_eq!(row, want[r * cols..(r + 1) * cols], "{kind:?} row {r}");
             }
         }
+    }
+
+    #[test]
+    fn f16_rows_rounded_to_q8_stay_within_half_a_step() {
+        let mut rng = Rng::new(5);
+        let (rows, cols) = (32, 64);
+        let vals: Vec<f32> = (0..rows * cols).map(|_| rng.f32() * 2.0 - 1.0).collect();
+        let bytes: Vec<u8> = vals
+            .iter()
+            .flat_map(|v| f16::from_f32(*v).to_le_bytes())
+            .collect();
+        let view = WeightView::new(WeightFormat::F16, &bytes, rows, cols).unwrap();
+        let packed = pack_as_q8(&view).expect("packable");
+        let mut got = vec![0f32; cols];
+        let mut want = vec![0f32; cols];
+        for r in 0..rows {
+            dequantize_row(PackedKind::Q8, &packed, rows, r, &mut got);
+            view.dequantize_row(r, &mut want);
+            for (g, w) in got.chunks(QK).zip(want.chunks(QK)) {
+                let amax = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+                // Half a step of d = amax / 127, plus d's own f16 rounding over 127 steps.
+                let tol = amax / 127.0 * 0.5 + amax * 2f32.powi(-11) + 1e-7;
+                for (a, b) in g.iter().zip(w) {
+                    assert!((a - b).abs() <= tol, "row {r}: {a} vs {b}");
+                }
+            }
+        }
+        // Rows not a multiple of 16 are left to the caller.
+        let short = WeightView::new(WeightFormat::F16, &bytes[..2 * 8 * cols], 8, cols).unwrap();
+        assert!(pack_as_q8(&short).is_none());
     }
 
     #[test]

@@ -87,6 +87,10 @@ pub fn load(dir: &Path) -> Result<LoadedModel> {
             dir.display()
         ),
     };
+    let lm_head = match &gptq {
+        Some(g) => gptq::decode_head(g, lm_head.as_ref().unwrap_or(&embed_tokens)).or(lm_head),
+        None => lm_head,
+    };
     let model = Llama::new(config, embed_tokens, layers, norm, lm_head).map_err(|e| anyhow!(e))?;
     let tokenizer = Tokenizer::from_hf_dir(dir)
         .with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
