@@ -1,6 +1,8 @@
 //! `meditron bench`: prefill and decode speed measured the way llama-bench does (pp: one
 //! batch of random prompt tokens; tg: tokens decoded one at a time from an empty context),
-//! with tokenization and sampling left out.
+//! with tokenization and sampling left out. `--batch 16` adds batched decode: 16 sequences
+//! stepping together, one forward per step, as the server's continuous batching runs them
+//! (aggregate tokens per second, like llama-batched-bench's S_TG).
 
 use crate::args::ModelArgs;
 use anyhow::{bail, Result};
@@ -72,7 +74,19 @@ pub fn run(args: Args) -> Result<()> {
     let pp = measure(args.n_prompt, &|| {
         prefill(model, &pool, &tokens[..args.n_prompt])
     })?;
-    let tg = measure(args.n_gen, &|| decode(model, &pool, &tokens[..args.n_gen]))?;
+    let tg = measure(args.n_gen, &|| {
+        decode(model, &pool, &tokens[..args.n_gen], 1)
+    })?;
+    let mut batched = Vec::new();
+    for &b in args.cuda.batch.iter().filter(|&&b| b > 1) {
+        if b > 256 {
+            bail!("--batch {b}: at most 256 sequences");
+        }
+        let s = measure(args.n_gen * b, &|| {
+            decode(model, &pool, &tokens[..args.n_gen], b)
+        })?;
+        batched.push((b, s));
+    }
 
     let bytes = model.weight_bytes_per_token() as f64;
     let rss = peak_rss_bytes();
@@ -93,6 +107,9 @@ pub fn run(args: Args) -> Result<()> {
             "tg_sd": tg.as_ref().map(|s| s.sd),
             "weight_bytes_per_token": bytes,
             "tg_gb_per_s": tg.as_ref().map(|s| s.mean * bytes / 1e9),
+            "tg_batched": batched.iter().filter_map(|(b, s)| s.as_ref().map(|s| {
+                serde_json::json!({"batch": b, "tokens_per_s": s.mean, "sd": s.sd})
+            })).collect::<Vec<_>>(),
             "peak_rss_bytes": rss,
         });
         println!("{j}");
@@ -100,10 +117,18 @@ pub fn run(args: Args) -> Result<()> {
     }
     println!("| model | threads | simd | test | t/s |");
     println!("|---|---|---|---|---|");
-    for (name, s) in [
+    let rows = [
         (format!("pp{}", args.n_prompt), &pp),
         (format!("tg{}", args.n_gen), &tg),
-    ] {
+    ];
+    let batched_rows = batched
+        .iter()
+        .map(|(b, s)| (format!("tg{} x{b} (aggregate)", args.n_gen), s));
+    for (name, s) in rows
+        .iter()
+        .map(|(n, s)| (n.clone(), *s))
+        .chain(batched_rows)
+    {
         if let Some(s) = s {
             println!(
                 "| {} | {threads} | {simd} | {name} | {:.2} ± {:.2} |",
@@ -148,21 +173,22 @@ fn prefill(model: &Llama, pool: &ThreadPool, tokens: &[u32]) -> Result<()> {
     Ok(())
 }
 
-/// Tokens fed one at a time from an empty cache, each producing logits.
-fn decode(model: &Llama, pool: &ThreadPool, tokens: &[u32]) -> Result<()> {
-    let mut cache = model.new_cache(tokens.len());
-    let seq = cache.add_sequence();
+/// Tokens fed one at a time from an empty cache, each producing logits; `seqs` sequences
+/// (the same tokens) step together, one forward per position.
+fn decode(model: &Llama, pool: &ThreadPool, tokens: &[u32], seqs: usize) -> Result<()> {
+    let mut cache = model.new_cache(tokens.len() * seqs);
+    let ids: Vec<_> = (0..seqs).map(|_| cache.add_sequence()).collect();
     for (pos, &token) in tokens.iter().enumerate() {
-        model.forward(
-            &[BatchToken {
+        let batch: Vec<BatchToken> = ids
+            .iter()
+            .map(|&seq| BatchToken {
                 token,
                 seq,
                 pos,
                 logits: true,
-            }],
-            &mut cache,
-            pool,
-        )?;
+            })
+            .collect();
+        model.forward(&batch, &mut cache, pool)?;
     }
     Ok(())
 }

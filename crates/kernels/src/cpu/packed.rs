@@ -272,11 +272,13 @@ pub fn dequantize_row(kind: PackedKind, data: &[u8], rows: usize, r: usize, out:
 }
 
 /// Activations of `n` tokens quantized to 8 bits per block of 32, split by field so the
-/// kernels can broadcast 4 bytes at a time: `qs` (n, cols), `d` and `isum` (n, cols / 32).
+/// kernels can broadcast 4 bytes at a time: `qs` (n, cols), `d` and `isum` (n, cols / 32),
+/// and `dsum = d * isum` (what offsets and zeros multiply).
 struct Activations {
     qs: Vec<i8>,
     d: Vec<f32>,
     isum: Vec<i32>,
+    dsum: Vec<f32>,
 }
 
 impl Activations {
@@ -288,6 +290,7 @@ impl Activations {
             qs: vec![0; x.len()],
             d: vec![0.0; blocks],
             isum: vec![0; blocks],
+            dsum: Vec::new(),
         };
         let n = x.len() / cols.max(1);
         let nb = cols / QK;
@@ -322,6 +325,11 @@ impl Activations {
         } else {
             rows(0..n);
         }
+        a.dsum =
+            a.d.iter()
+                .zip(&a.isum)
+                .map(|(&d, &s)| d * s as f32)
+                .collect();
         a
     }
 }
@@ -476,7 +484,11 @@ fn portable_group(
             let mut off = 0f32;
             for b in 0..nb {
                 let xq = &act.qs[(t * nb + b) * QK..(t * nb + b + 1) * QK];
-                let (dx, isum) = (act.d[t * nb + b], act.isum[t * nb + b]);
+                let (dx, isum, dsum) = (
+                    act.d[t * nb + b],
+                    act.isum[t * nb + b],
+                    act.dsum[t * nb + b],
+                );
                 let mut acc = 0i32;
                 let d;
                 match kind {
@@ -488,7 +500,7 @@ fn portable_group(
                             acc += (byte & 0x0F) as i32 * xq[e] as i32;
                             acc += (byte >> 4) as i32 * xq[e + QK / 2] as i32;
                         }
-                        off += offset(kind, d, f16_at(wg, hdr + 32 + 2 * i)) * dx * isum as f32;
+                        off += offset(kind, d, f16_at(wg, hdr + 32 + 2 * i)) * dsum;
                     }
                     PackedKind::Q8 => {
                         let blk = &wg[b * gbb..(b + 1) * gbb];
@@ -607,48 +619,69 @@ mod vnni {
         _mm512_set1_epi32((xq.add(4 * k) as *const i32).read_unaligned())
     }
 
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     /// `ZERO`: the second field is `-z` and the offset is `d` times it ([`PackedKind::Q4Z`]).
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn q4<const N: usize, const ZERO: bool>(
         w: *const u8,
         nb: usize,
         act: &Activations,
         t0: usize,
     ) -> [__m512; N] {
-        let mask = _mm512_set1_epi8(0x0F);
-        // Even and odd blocks in separate sums: two dependency chains instead of one.
-        let mut sum = [[_mm512_setzero_ps(); N]; 2];
+        // Even and odd blocks in separate sums: two dependency chains instead of one (named
+        // apart, so that they stay in registers).
+        let mut even = [_mm512_setzero_ps(); N];
+        let mut odd = [_mm512_setzero_ps(); N];
         let mut off = [_mm512_setzero_ps(); N];
-        for b in 0..nb {
-            let p = w.add(b * 320);
-            let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
-            let m = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i));
-            let m = if ZERO { _mm512_mul_ps(d, m) } else { m };
-            let mut lo = [_mm512_setzero_si512(); 4];
-            let mut hi = [_mm512_setzero_si512(); 4];
-            for k in 0..4 {
-                let raw = _mm512_loadu_si512(p.add(64 + 64 * k) as *const _);
-                lo[k] = _mm512_and_si512(raw, mask);
-                hi[k] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
-            }
-            for j in 0..N {
-                let blk = (t0 + j) * nb + b;
-                let xq = act.qs.as_ptr().add(blk * QK);
-                // Two independent chains of four, so the dot product latency overlaps.
-                let mut a = _mm512_setzero_si512();
-                let mut c = _mm512_setzero_si512();
-                for k in 0..4 {
-                    a = _mm512_dpbusd_epi32(a, lo[k], bcast(xq, k));
-                    c = _mm512_dpbusd_epi32(c, hi[k], bcast(xq, 4 + k));
-                }
-                let dx = _mm512_set1_ps(*act.d.get_unchecked(blk));
-                let isum = _mm512_set1_ps(*act.isum.get_unchecked(blk) as f32);
-                let i = _mm512_cvtepi32_ps(_mm512_add_epi32(a, c));
-                sum[b % 2][j] = _mm512_fmadd_ps(i, _mm512_mul_ps(d, dx), sum[b % 2][j]);
-                off[j] = _mm512_fmadd_ps(_mm512_mul_ps(m, dx), isum, off[j]);
-            }
+        let mut b = 0;
+        while b + 1 < nb {
+            q4_block::<N, ZERO>(w, nb, b, act, t0, &mut even, &mut off);
+            q4_block::<N, ZERO>(w, nb, b + 1, act, t0, &mut odd, &mut off);
+            b += 2;
         }
-        std::array::from_fn(|j| _mm512_add_ps(_mm512_add_ps(sum[0][j], sum[1][j]), off[j]))
+        if b < nb {
+            q4_block::<N, ZERO>(w, nb, b, act, t0, &mut even, &mut off);
+        }
+        std::array::from_fn(|j| _mm512_add_ps(_mm512_add_ps(even[j], odd[j]), off[j]))
+    }
+
+    /// Block `b` of a Q4/Q4Z group against N tokens, added to `sum` and `off`.
+    #[inline(always)]
+    unsafe fn q4_block<const N: usize, const ZERO: bool>(
+        w: *const u8,
+        nb: usize,
+        b: usize,
+        act: &Activations,
+        t0: usize,
+        sum: &mut [__m512; N],
+        off: &mut [__m512; N],
+    ) {
+        let mask = _mm512_set1_epi8(0x0F);
+        let p = w.add(b * 320);
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+        let m = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i));
+        let m = if ZERO { _mm512_mul_ps(d, m) } else { m };
+        let mut lo = [_mm512_setzero_si512(); 4];
+        let mut hi = [_mm512_setzero_si512(); 4];
+        for k in 0..4 {
+            let raw = _mm512_loadu_si512(p.add(64 + 64 * k) as *const _);
+            lo[k] = _mm512_and_si512(raw, mask);
+            hi[k] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
+        }
+        for j in 0..N {
+            let blk = (t0 + j) * nb + b;
+            let xq = act.qs.as_ptr().add(blk * QK);
+            // Two independent chains of four, so the dot product latency overlaps.
+            let mut a = _mm512_setzero_si512();
+            let mut c = _mm512_setzero_si512();
+            for k in 0..4 {
+                a = _mm512_dpbusd_epi32(a, lo[k], bcast(xq, k));
+                c = _mm512_dpbusd_epi32(c, hi[k], bcast(xq, 4 + k));
+            }
+            let dx = _mm512_set1_ps(*act.d.get_unchecked(blk));
+            let i = _mm512_cvtepi32_ps(_mm512_add_epi32(a, c));
+            sum[j] = _mm512_fmadd_ps(i, _mm512_mul_ps(d, dx), sum[j]);
+            off[j] = _mm512_fmadd_ps(m, _mm512_set1_ps(*act.dsum.get_unchecked(blk)), off[j]);
+        }
     }
 
     /// [`PackedKind::Q4G`]: per block only the integer sums and the activation scale; the
@@ -695,7 +728,7 @@ mod vnni {
                     let dx = *act.d.get_unchecked(blk);
                     let i = _mm512_cvtepi32_ps(_mm512_add_epi32(a, c));
                     acc[j] = _mm512_fmadd_ps(i, _mm512_set1_ps(dx), acc[j]);
-                    xoff[j] += dx * *act.isum.get_unchecked(blk) as f32;
+                    xoff[j] += *act.dsum.get_unchecked(blk);
                 }
             }
             for j in 0..N {
@@ -713,30 +746,49 @@ mod vnni {
         act: &Activations,
         t0: usize,
     ) -> [__m512; N] {
-        let mut sum = [[_mm512_setzero_ps(); N]; 2];
-        for b in 0..nb {
-            let p = w.add(b * 544);
-            let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
-            let mut wv = [_mm512_setzero_si512(); 8];
-            for (k, v) in wv.iter_mut().enumerate() {
-                *v = _mm512_loadu_si512(p.add(32 + 64 * k) as *const _);
-            }
-            for j in 0..N {
-                let blk = (t0 + j) * nb + b;
-                let xq = act.qs.as_ptr().add(blk * QK);
-                // Weights are stored + 128: start from -128 * sum(x) to keep the sum exact.
-                let mut a = _mm512_set1_epi32(-128 * *act.isum.get_unchecked(blk));
-                let mut c = _mm512_setzero_si512();
-                for k in 0..4 {
-                    a = _mm512_dpbusd_epi32(a, wv[k], bcast(xq, k));
-                    c = _mm512_dpbusd_epi32(c, wv[4 + k], bcast(xq, 4 + k));
-                }
-                let dx = _mm512_set1_ps(*act.d.get_unchecked(blk));
-                let i = _mm512_cvtepi32_ps(_mm512_add_epi32(a, c));
-                sum[b % 2][j] = _mm512_fmadd_ps(i, _mm512_mul_ps(d, dx), sum[b % 2][j]);
-            }
+        let mut even = [_mm512_setzero_ps(); N];
+        let mut odd = [_mm512_setzero_ps(); N];
+        let mut b = 0;
+        while b + 1 < nb {
+            q8_block::<N>(w, nb, b, act, t0, &mut even);
+            q8_block::<N>(w, nb, b + 1, act, t0, &mut odd);
+            b += 2;
         }
-        std::array::from_fn(|j| _mm512_add_ps(sum[0][j], sum[1][j]))
+        if b < nb {
+            q8_block::<N>(w, nb, b, act, t0, &mut even);
+        }
+        std::array::from_fn(|j| _mm512_add_ps(even[j], odd[j]))
+    }
+
+    #[inline(always)]
+    unsafe fn q8_block<const N: usize>(
+        w: *const u8,
+        nb: usize,
+        b: usize,
+        act: &Activations,
+        t0: usize,
+        sum: &mut [__m512; N],
+    ) {
+        let p = w.add(b * 544);
+        let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
+        let mut wv = [_mm512_setzero_si512(); 8];
+        for (k, v) in wv.iter_mut().enumerate() {
+            *v = _mm512_loadu_si512(p.add(32 + 64 * k) as *const _);
+        }
+        for j in 0..N {
+            let blk = (t0 + j) * nb + b;
+            let xq = act.qs.as_ptr().add(blk * QK);
+            // Weights are stored + 128: start from -128 * sum(x) to keep the sum exact.
+            let mut a = _mm512_set1_epi32(-128 * *act.isum.get_unchecked(blk));
+            let mut c = _mm512_setzero_si512();
+            for k in 0..4 {
+                a = _mm512_dpbusd_epi32(a, wv[k], bcast(xq, k));
+                c = _mm512_dpbusd_epi32(c, wv[4 + k], bcast(xq, 4 + k));
+            }
+            let dx = _mm512_set1_ps(*act.d.get_unchecked(blk));
+            let i = _mm512_cvtepi32_ps(_mm512_add_epi32(a, c));
+            sum[j] = _mm512_fmadd_ps(i, _mm512_mul_ps(d, dx), sum[j]);
+        }
     }
 }
 
