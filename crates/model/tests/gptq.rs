@@ -131,8 +131,21 @@ fn argmax(v: &[f32]) -> usize {
         .0
 }
 
-fn is_gptq(m: &LoadedModel, act_order: bool) {
+fn is_gptq(m: &LoadedModel, bits: u32, act_order: bool) {
     assert_eq!(m.format, "gptq");
+    // The fp16 head of files of at most 4 bits runs at 8 bits where the packed kernels exist.
+    let head = m.model.lm_head.as_ref().map(|h| h.format);
+    if bits <= 4 && kernels::cpu::packed::worth_packing(kernels::cpu::Features::get()) {
+        assert!(
+            matches!(head, Some(WeightFormat::Packed(PackedKind::Q8))),
+            "{bits} bits: {head:?}"
+        );
+    } else {
+        assert!(
+            matches!(head, None | Some(WeightFormat::F16)),
+            "{bits} bits: {head:?}"
+        );
+    }
     for layer in &m.model.layers {
         for mat in [
             &layer.q_proj,
@@ -190,7 +203,7 @@ fn every_layout_loads_runs_and_matches_its_dequantized_weights() {
         let dir = write(src, l, Some(2), &format!("layout{i}"));
         let m = load(&dir).unwrap_or_else(|e| panic!("loading {l:?}: {e:#}"));
         // Without groups g_idx is all zeros and act-order needs no permutation.
-        is_gptq(&m, l.desc_act && l.group_size.is_some());
+        is_gptq(&m, l.bits, l.desc_act && l.group_size.is_some());
         assert_eq!(m.model.config.n_layers, 2);
         let got = m
             .model
