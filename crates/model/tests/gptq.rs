@@ -563,3 +563,36 @@ fn write_checkpoints() {
             .unwrap();
     }
 }
+
+/// Without act-order some writers leave g_idx out; it is then `i / group_size`, and the model
+/// must compute exactly what the same file with g_idx computes.
+#[test]
+fn a_file_without_g_idx_loads_when_there_is_no_act_order() {
+    let Some(src) = fp16_source() else { return };
+    let layout = Layout {
+        bits: 4,
+        group_size: Some(128),
+        desc_act: false,
+        sym: true,
+        format: CheckpointFormat::V1,
+        shards: 1,
+    };
+    let with = write(src, layout, Some(1), "with-gidx");
+    let without = corrupt(
+        &with,
+        "no-gidx",
+        |ts| ts.retain(|t| !t.0.ends_with(".g_idx")),
+        |_| {},
+    );
+    let pool = ThreadPool::new(2);
+    let prompt = [504u32, 3287, 314, 260, 1789];
+    let run = |dir: &Path| {
+        let m = load(dir).unwrap_or_else(|e| panic!("{}: {e:#}", dir.display()));
+        m.model
+            .forward_sequence(&prompt, &pool, |_| true)
+            .expect("forward")
+    };
+    assert_eq!(run(&with), run(&without));
+    let _ = std::fs::remove_dir_all(&with);
+    let _ = std::fs::remove_dir_all(&without);
+}

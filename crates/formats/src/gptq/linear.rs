@@ -84,7 +84,14 @@ impl GptqLinear {
             .chunks_exact(2)
             .map(|c| f16::from_le_bytes([c[0], c[1]]))
             .collect();
-        let g_idx = le_i32(&get("g_idx", Dtype::I32, [usize::MAX, k])?);
+        // Files quantized without act-order by some writers carry no g_idx; it is then the
+        // plain `i / group_size` (with act-order it cannot be guessed).
+        let g_idx = match weights.tensor(&format!("{prefix}.g_idx")) {
+            None if !cfg.desc_act => (0..k)
+                .map(|i| cfg.group_size.map_or(0, |g| i / g) as i32)
+                .collect(),
+            _ => le_i32(&get("g_idx", Dtype::I32, [usize::MAX, k])?),
+        };
         if let Some(i) = g_idx.iter().position(|&g| g < 0 || g as usize >= groups) {
             return Err(fail(
                 "g_idx",
