@@ -28,8 +28,15 @@ fn fp16_source() -> Option<&'static Path> {
     static DIR: OnceLock<Option<PathBuf>> = OnceLock::new();
     DIR.get_or_init(|| {
         let gguf = model::load::default_model_for_tests()?;
-        let dir = tmp("fp16");
-        gguf_to_hf(&gguf, &dir, OutDtype::F16).expect("converting the default model to fp16");
+        // Kept in the target directory and reused by later runs (259 MB): converted into a
+        // private folder first, so an interrupted run never leaves a half-written source.
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("gptq-fp16-source");
+        if !dir.join("config.json").is_file() {
+            let part = dir.with_extension(format!("part-{}", std::process::id()));
+            gguf_to_hf(&gguf, &part, OutDtype::F16).expect("converting the default model to fp16");
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::rename(&part, &dir).expect("moving the fp16 source into place");
+        }
         Some(dir)
     })
     .as_deref()
