@@ -619,6 +619,33 @@ mod vnni {
         _mm512_set1_epi32((xq.add(4 * k) as *const i32).read_unaligned())
     }
 
+    /// The 16 rows' nibbles of one block (4 x 64 bytes at `p`): low nibbles (elements
+    /// `4k..4k+4` in chunk k) and high ones (`16+4k..`), as bytes.
+    #[inline(always)]
+    unsafe fn unpack_q4(p: *const u8) -> [[__m512i; 4]; 2] {
+        let mask = _mm512_set1_epi8(0x0F);
+        let mut v = [[_mm512_setzero_si512(); 4]; 2];
+        for k in 0..4 {
+            let raw = _mm512_loadu_si512(p.add(64 * k) as *const _);
+            v[0][k] = _mm512_and_si512(raw, mask);
+            v[1][k] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
+        }
+        v
+    }
+
+    /// The 16 rows' exact integer dot products of an unpacked block with the activation
+    /// block `xq`: two independent chains of four, so the instruction latency overlaps.
+    #[inline(always)]
+    unsafe fn dot_q4(nibbles: &[[__m512i; 4]; 2], xq: *const i8) -> __m512i {
+        let mut a = _mm512_setzero_si512();
+        let mut c = _mm512_setzero_si512();
+        for k in 0..4 {
+            a = _mm512_dpbusd_epi32(a, nibbles[0][k], bcast(xq, k));
+            c = _mm512_dpbusd_epi32(c, nibbles[1][k], bcast(xq, 4 + k));
+        }
+        _mm512_add_epi32(a, c)
+    }
+
     /// `ZERO`: the second field is `-z` and the offset is `d` times it ([`PackedKind::Q4Z`]).
     #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
     unsafe fn q4<const N: usize, const ZERO: bool>(
@@ -655,30 +682,15 @@ mod vnni {
         sum: &mut [__m512; N],
         off: &mut [__m512; N],
     ) {
-        let mask = _mm512_set1_epi8(0x0F);
         let p = w.add(b * 320);
         let d = _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i));
         let m = _mm512_cvtph_ps(_mm256_loadu_si256(p.add(32) as *const __m256i));
         let m = if ZERO { _mm512_mul_ps(d, m) } else { m };
-        let mut lo = [_mm512_setzero_si512(); 4];
-        let mut hi = [_mm512_setzero_si512(); 4];
-        for k in 0..4 {
-            let raw = _mm512_loadu_si512(p.add(64 + 64 * k) as *const _);
-            lo[k] = _mm512_and_si512(raw, mask);
-            hi[k] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
-        }
+        let nibbles = unpack_q4(p.add(64));
         for j in 0..N {
             let blk = (t0 + j) * nb + b;
-            let xq = act.qs.as_ptr().add(blk * QK);
-            // Two independent chains of four, so the dot product latency overlaps.
-            let mut a = _mm512_setzero_si512();
-            let mut c = _mm512_setzero_si512();
-            for k in 0..4 {
-                a = _mm512_dpbusd_epi32(a, lo[k], bcast(xq, k));
-                c = _mm512_dpbusd_epi32(c, hi[k], bcast(xq, 4 + k));
-            }
             let dx = _mm512_set1_ps(*act.d.get_unchecked(blk));
-            let i = _mm512_cvtepi32_ps(_mm512_add_epi32(a, c));
+            let i = _mm512_cvtepi32_ps(dot_q4(&nibbles, act.qs.as_ptr().add(blk * QK)));
             sum[j] = _mm512_fmadd_ps(i, _mm512_mul_ps(d, dx), sum[j]);
             off[j] = _mm512_fmadd_ps(m, _mm512_set1_ps(*act.dsum.get_unchecked(blk)), off[j]);
         }
@@ -693,7 +705,6 @@ mod vnni {
         act: &Activations,
         t0: usize,
     ) -> [__m512; N] {
-        let mask = _mm512_set1_epi8(0x0F);
         let mut sum = [_mm512_setzero_ps(); N];
         let mut off = [_mm512_setzero_ps(); N];
         for sb in 0..nb.div_ceil(SUPER) {
@@ -708,25 +719,11 @@ mod vnni {
             let mut xoff = [0f32; N];
             for sub in 0..SUPER.min(nb - sb * SUPER) {
                 let b = sb * SUPER + sub;
-                let q = p.add(64 + 256 * sub);
-                let mut lo = [_mm512_setzero_si512(); 4];
-                let mut hi = [_mm512_setzero_si512(); 4];
-                for k in 0..4 {
-                    let raw = _mm512_loadu_si512(q.add(64 * k) as *const _);
-                    lo[k] = _mm512_and_si512(raw, mask);
-                    hi[k] = _mm512_and_si512(_mm512_srli_epi16(raw, 4), mask);
-                }
+                let nibbles = unpack_q4(p.add(64 + 256 * sub));
                 for j in 0..N {
                     let blk = (t0 + j) * nb + b;
-                    let xq = act.qs.as_ptr().add(blk * QK);
-                    let mut a = _mm512_setzero_si512();
-                    let mut c = _mm512_setzero_si512();
-                    for k in 0..4 {
-                        a = _mm512_dpbusd_epi32(a, lo[k], bcast(xq, k));
-                        c = _mm512_dpbusd_epi32(c, hi[k], bcast(xq, 4 + k));
-                    }
                     let dx = *act.d.get_unchecked(blk);
-                    let i = _mm512_cvtepi32_ps(_mm512_add_epi32(a, c));
+                    let i = _mm512_cvtepi32_ps(dot_q4(&nibbles, act.qs.as_ptr().add(blk * QK)));
                     acc[j] = _mm512_fmadd_ps(i, _mm512_set1_ps(dx), acc[j]);
                     xoff[j] += *act.dsum.get_unchecked(blk);
                 }
