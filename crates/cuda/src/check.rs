@@ -4,7 +4,9 @@
 
 use crate::driver::{Buf, Gpu};
 use crate::gptq::{repack, GptqTensors, Packed};
-use crate::kernels::{gptq_dequant, gptq_gemv, Heads, Ops, QLinear, ATTN_SPLIT, PAGE};
+use crate::kernels::{
+    gptq_dequant, gptq_dequant_cols, gptq_gemv, Heads, Ops, QLinear, ATTN_SPLIT, PAGE,
+};
 use anyhow::{bail, Result};
 use half::f16;
 
@@ -210,6 +212,48 @@ pub fn check_all(gpu: &Gpu) -> Result<Report> {
                 );
                 // fp16 accumulation within a group: ~1e-3 relative.
                 r.check(&name, rel_err(&y, &yref), 4e-3);
+                // The same product added into a residual stream by the kernel's last blocks,
+                // with the per-128-column sums of squares; twice, so the counters must have
+                // reset themselves in between.
+                let tiles = n.div_ceil(128);
+                let h0: Vec<f32> = (0..nb * n).map(|_| rng.normal()).collect();
+                let hd = gpu.upload(&h0)?;
+                let ss = poisoned(gpu, nb * tiles * 4)?;
+                let counters = gpu.upload(&vec![0u32; tiles])?;
+                let mut ok = true;
+                let (mut e_h, mut e_ss) = (0f64, 0f64);
+                for round in 0..2 {
+                    gpu.write(&hd, 0, &h0)?;
+                    let add = (hd.ptr, ss.ptr, counters.ptr);
+                    crate::kernels::gptq_gemv_fused(gpu, &q, xd.ptr, out.ptr, nb, Some(add))?;
+                    let hg: Vec<f32> = gpu.read(&hd, 0, nb * n)?;
+                    let dh: Vec<f32> = hg.iter().zip(&h0).map(|(a, b)| a - b).collect();
+                    let ssg: Vec<f32> = gpu.read(&ss, 0, nb * tiles)?;
+                    let ssref: Vec<f32> = (0..nb * tiles)
+                        .map(|i| {
+                            let (b, t) = (i / tiles, i % tiles);
+                            (t * 128..((t + 1) * 128).min(n))
+                                .map(|c| (hg[b * n + c] as f64).powi(2))
+                                .sum::<f64>() as f32
+                        })
+                        .collect();
+                    e_h = e_h.max(rel_err(&dh, &yref));
+                    e_ss = e_ss.max(rel_err(&ssg, &ssref));
+                    let cz: Vec<u32> = gpu.read(&counters, 0, tiles)?;
+                    ok &= cz.iter().all(|&c| c == 0);
+                    let _ = round;
+                }
+                r.check(&format!("{name} + residual add"), e_h, 4e-3);
+                r.check(
+                    &format!("{name} + residual add: sums of squares"),
+                    e_ss,
+                    1e-5,
+                );
+                r.check(
+                    &format!("{name} + residual add: counters reset"),
+                    if ok { 0.0 } else { 1.0 },
+                    0.0,
+                );
             }
             // Prefill path: dequantize to fp16 [K][N], then cuBLAS with f32 output.
             let w16 = poisoned(gpu, k * n * 2)?;
@@ -247,6 +291,38 @@ pub fn check_all(gpu: &Gpu) -> Result<Report> {
                     rel_err(&gpu.read(&out, 0, m * n)?, &yref),
                     1e-4,
                 );
+                // The prefill pipeline's column slices: a [K][w] slice equals those columns of
+                // the whole dequantization bit for bit, and its GEMM lands in those columns.
+                let (c0, w) = (64usize, 192usize);
+                let sl = poisoned(gpu, k * w * 2)?;
+                gptq_dequant_cols(gpu, false, &q, sl.ptr, c0, w)?;
+                let got: Vec<u16> = gpu.read(&sl, 0, k * w)?;
+                let same =
+                    (0..k).all(|kk| got[kk * w..(kk + 1) * w] == wd[kk * n + c0..kk * n + c0 + w]);
+                r.check(
+                    &format!(
+                        "gptq_dequant_cols {bits}-bit columns {c0}..{} group {group:?} (bit-exact)",
+                        c0 + w
+                    ),
+                    if same { 0.0 } else { 1.0 },
+                    0.0,
+                );
+                let out = poisoned(gpu, m * n * 4)?;
+                gpu.gemm_f16_ldc(xd.ptr, sl.ptr, out.ptr + (c0 * 4) as u64, m, w, k, true, n)?;
+                let all: Vec<f32> = gpu.read(&out, 0, m * n)?;
+                let (mut ys, mut yr) = (Vec::new(), Vec::new());
+                for i in 0..m {
+                    ys.extend_from_slice(&all[i * n + c0..i * n + c0 + w]);
+                    yr.extend_from_slice(&yref[i * n + c0..i * n + c0 + w]);
+                }
+                r.check(
+                    &format!(
+                        "cuBLAS GEMM into columns {c0}..{} (ldc) m={m} group {group:?}",
+                        c0 + w
+                    ),
+                    rel_err(&ys, &yr),
+                    1e-4,
+                );
             }
         }
     }
@@ -267,8 +343,99 @@ pub fn check_all(gpu: &Gpu) -> Result<Report> {
         },
     ] {
         check_llama_ops(gpu, &mut rng, heads, &mut r)?;
+        check_gemv_rope(gpu, &mut rng, heads, &mut r)?;
     }
     Ok(r)
+}
+
+/// The q|k|v GEMV of one row with qkv_rope folded in against the GEMV + qkv_rope pair.
+fn check_gemv_rope(gpu: &Gpu, rng: &mut Rng, hd: Heads, r: &mut Report) -> Result<()> {
+    let ops = Ops { gpu, heads: hd };
+    let (nh, nkv, d) = (hd.n_heads, hd.n_kv, hd.head_dim);
+    let (k, n) = (1024usize, (nh + 2 * nkv) * d);
+    let tag = format!("(heads {nh}/{nkv}x{d})");
+    for bits in [4u32, 3] {
+        let p = random_gptq(rng, bits, k, n, Some(128), false, true)?;
+        let q = upload_q(gpu, &p)?;
+        let x: Vec<u16> = (0..k).map(|_| h(rng.normal())).collect();
+        let xd = gpu.upload(&x)?;
+        let max_ctx = 256usize;
+        let max_pages = max_ctx / PAGE;
+        let kv_elems = max_pages * PAGE * nkv * d;
+        let cache: Vec<u16> = (0..kv_elems).map(|_| h(rng.normal())).collect();
+        let half = d / 2;
+        let cos: Vec<f32> = (0..max_ctx * half)
+            .map(|i| ((i % 97) as f32 * 0.07).cos())
+            .collect();
+        let sin: Vec<f32> = (0..max_ctx * half)
+            .map(|i| ((i % 97) as f32 * 0.07).sin())
+            .collect();
+        let (cd, sd) = (gpu.upload(&cos)?, gpu.upload(&sin)?);
+        let posd = gpu.upload(&[77i32])?;
+        let seqd = gpu.upload(&[0i32])?;
+        let td = gpu.upload(&(0..max_pages as i32).rev().collect::<Vec<_>>())?;
+        let part = gpu.alloc(q.splits() * n * 4)?;
+        // Unfused.
+        let (k1, v1) = (gpu.upload(&cache)?, gpu.upload(&cache)?);
+        let q1 = poisoned(gpu, nh * d * 4)?;
+        let s = gptq_gemv(gpu, &q, xd.ptr, part.ptr, 1)?;
+        ops.qkv_rope(
+            part.ptr, s, 1, posd.ptr, seqd.ptr, cd.ptr, sd.ptr, q1.ptr, k1.ptr, v1.ptr, td.ptr,
+            max_pages,
+        )?;
+        // Fused, twice (the counters must reset themselves).
+        let counters = gpu.upload(&vec![0u32; n.div_ceil(128)])?;
+        let (k2, v2) = (gpu.upload(&cache)?, gpu.upload(&cache)?);
+        let q2 = poisoned(gpu, nh * d * 4)?;
+        let args = crate::kernels::RopeArgs {
+            pos: posd.ptr,
+            seq: seqd.ptr,
+            cos: cd.ptr,
+            sin: sd.ptr,
+            q: q2.ptr,
+            kc: k2.ptr,
+            vc: v2.ptr,
+            table: td.ptr,
+            max_pages: max_pages as i32,
+            nh: nh as i32,
+            nkv: nkv as i32,
+            hd: d as i32,
+            page: PAGE as i32,
+        };
+        for _ in 0..2 {
+            crate::kernels::gptq_gemv_rope(gpu, &q, xd.ptr, part.ptr, &args, counters.ptr)?;
+        }
+        let f32s = |b: &Buf, n: usize| gpu.read::<f32>(b, 0, n);
+        let f16s = |b: &Buf| -> Result<Vec<f32>> {
+            Ok(gpu
+                .read::<u16>(b, 0, kv_elems)?
+                .iter()
+                .map(|&v| f(v))
+                .collect())
+        };
+        let eq = rel_err(&f32s(&q2, nh * d)?, &f32s(&q1, nh * d)?);
+        let ek = rel_err(&f16s(&k2)?, &f16s(&k1)?).max(rel_err(&f16s(&v2)?, &f16s(&v1)?));
+        let cz = gpu
+            .read::<u32>(&counters, 0, n.div_ceil(128))?
+            .iter()
+            .all(|&c| c == 0);
+        r.check(
+            &format!("gptq_gemv {bits}-bit + RoPE folded in: q vs GEMV + qkv_rope {tag}"),
+            eq,
+            1e-5,
+        );
+        r.check(
+            &format!("gptq_gemv {bits}-bit + RoPE folded in: k/v cache vs GEMV + qkv_rope {tag}"),
+            ek,
+            1e-4,
+        );
+        r.check(
+            &format!("gptq_gemv {bits}-bit + RoPE folded in: counters reset {tag}"),
+            if cz { 0.0 } else { 1.0 },
+            0.0,
+        );
+    }
+    Ok(())
 }
 
 /// One part's checkpoint tensors (qweight, qzeros, scales, g_idx) and its CPU repack.
@@ -776,8 +943,42 @@ fn check_llama_ops(gpu: &Gpu, rng: &mut Rng, hd: Heads, r: &mut Report) -> Resul
     let out = poisoned(gpu, b * nh * d * 2)?;
     ops.attention(
         qd.ptr, kd.ptr, vd.ptr, td.ptr, max_pages, posd.ptr, seqd.ptr, po.ptr, pml.ptr, nsplit, b,
-        ivd.ptr, out.ptr, 16,
+        ivd.ptr, out.ptr, 16, 0,
     )?;
+    // The same with the splits merged inside attn_split (no attn_combine): bit for bit, twice
+    // (the counters must reset themselves).
+    let counters = gpu.upload(&vec![0u32; b * nkv])?;
+    let mut same = true;
+    for _ in 0..2 {
+        let out2 = poisoned(gpu, b * nh * d * 2)?;
+        ops.attention(
+            qd.ptr,
+            kd.ptr,
+            vd.ptr,
+            td.ptr,
+            max_pages,
+            posd.ptr,
+            seqd.ptr,
+            po.ptr,
+            pml.ptr,
+            nsplit,
+            b,
+            ivd.ptr,
+            out2.ptr,
+            16,
+            counters.ptr,
+        )?;
+        same &= gpu.read::<u16>(&out2, 0, b * nh * d)? == gpu.read::<u16>(&out, 0, b * nh * d)?;
+    }
+    same &= gpu
+        .read::<u32>(&counters, 0, b * nkv)?
+        .iter()
+        .all(|&c| c == 0);
+    r.check(
+        &format!("attention split with the merge folded in == split + combine, bit-exact {tag}"),
+        if same { 0.0 } else { 1.0 },
+        0.0,
+    );
     let mut aref = vec![0f32; b * nh * d];
     let scale = 1.0 / (d as f64).sqrt();
     for bb in 0..b {
@@ -813,6 +1014,70 @@ fn check_llama_ops(gpu: &Gpu, rng: &mut Rng, hd: Heads, r: &mut Report) -> Resul
     r.check(
         &format!("attention split+combine, paged GQA, pos {positions:?} {tag}"),
         rel_err(&y, &aref),
+        2e-3,
+    );
+
+    // Tiled (prefill) attention: runs of rows from three sequences as a server's mixed step
+    // would send them (a prompt from position 0, a chunk continuing one, single rows), against
+    // the same f64 reference over the cache as it is on the device now.
+    let mut rows_sp: Vec<(usize, usize)> = Vec::new();
+    rows_sp.extend((0..70).map(|p| (0usize, p)));
+    rows_sp.extend((600..640).map(|p| (2usize, p)));
+    rows_sp.push((1, 300));
+    rows_sp.extend((900..917).map(|p| (1usize, p)));
+    rows_sp.push((0, 70));
+    let tr = rows_sp.len();
+    let qt: Vec<f32> = (0..tr * nh * d).map(|_| rng.normal()).collect();
+    let posd2 = gpu.upload(&rows_sp.iter().map(|r| r.1 as i32).collect::<Vec<_>>())?;
+    let seqd2 = gpu.upload(&rows_sp.iter().map(|r| r.0 as i32).collect::<Vec<_>>())?;
+    let qtd = gpu.upload(&qt)?;
+    let kdev: Vec<f32> = gpu
+        .read::<u16>(&kd, 0, kv_elems)?
+        .iter()
+        .map(|&v| f(v))
+        .collect();
+    let vdev: Vec<f32> = gpu
+        .read::<u16>(&vd, 0, kv_elems)?
+        .iter()
+        .map(|&v| f(v))
+        .collect();
+    let mut tref = vec![0f32; tr * nh * d];
+    for (ri, &(sq, p)) in rows_sp.iter().enumerate() {
+        for head in 0..nh {
+            let kvh = head / (nh / nkv);
+            let qv = &qt[(ri * nh + head) * d..][..d];
+            let sc: Vec<f64> = (0..=p)
+                .map(|j| {
+                    (0..d)
+                        .map(|i| qv[i] as f64 * kdev[slot(sq, j, kvh) + i] as f64)
+                        .sum::<f64>()
+                        * scale
+                })
+                .collect();
+            let m = sc.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = sc.iter().map(|&v| (v - m).exp()).collect();
+            let z: f64 = e.iter().sum();
+            for i in 0..d {
+                let o: f64 = (0..=p)
+                    .map(|j| e[j] * vdev[slot(sq, j, kvh) + i] as f64)
+                    .sum::<f64>()
+                    / z;
+                tref[ri * nh * d + inv[head * d + i] as usize] = o as f32;
+            }
+        }
+    }
+    let out = poisoned(gpu, tr * nh * d * 2)?;
+    // Written in the 4-bit GEMV's pair order (as for a tensor-core batch), read back via xpos.
+    ops.attention_tiled(
+        qtd.ptr, kd.ptr, vd.ptr, td.ptr, max_pages, posd2.ptr, seqd2.ptr, tr, ivd.ptr, out.ptr, 4,
+    )?;
+    let got: Vec<u16> = gpu.read(&out, 0, tr * nh * d)?;
+    let y: Vec<f32> = (0..tr * nh * d)
+        .map(|i| f(got[(i / (nh * d)) * nh * d + crate::gptq::xpos(i % (nh * d), 4)]))
+        .collect();
+    r.check(
+        &format!("attention tiled (prefill, tensor cores), {tr} rows of 3 sequences {tag}"),
+        rel_err(&y, &tref),
         2e-3,
     );
 
@@ -861,6 +1126,57 @@ pub fn time_kernels(gpu: &Gpu, peak_gbs: f64) -> Result<Vec<String>> {
         head_dim: 128,
     };
     let ops = Ops { gpu, heads };
+    // Attention of a 512-token prompt (one sequence, positions 0..511), 70B heads, per layer:
+    // the per-row flash-decoding kernels vs the tiled tensor-core kernel.
+    {
+        let (rows, d) = (512usize, 128usize);
+        let max_pages = rows / PAGE;
+        let kv = gpu.alloc(rows * 8 * d * 2)?;
+        let vv = gpu.alloc(rows * 8 * d * 2)?;
+        ops.fill_f16(&kv, 11, -1.0, 1.0)?;
+        ops.fill_f16(&vv, 12, -1.0, 1.0)?;
+        let q = gpu.alloc(rows * 64 * d * 4)?;
+        let qh = gpu.alloc(rows * 64 * d * 2)?;
+        ops.fill_f16(&qh, 14, -1.0, 1.0)?;
+        // q as f32 from fp16 noise (fill_u32 bits would be NaNs): widen on the host.
+        let qf: Vec<f32> = gpu
+            .read::<u16>(&qh, 0, rows * 64 * d)?
+            .iter()
+            .map(|&v| f(v))
+            .collect();
+        gpu.write(&q, 0, &qf)?;
+        let table = gpu.upload(&(0..max_pages as i32).collect::<Vec<_>>())?;
+        let pos = gpu.upload(&(0..rows as i32).collect::<Vec<_>>())?;
+        let seq = gpu.upload(&vec![0i32; rows])?;
+        let nsplit = rows.div_ceil(ATTN_SPLIT);
+        let po = gpu.alloc(rows * 64 * nsplit * d * 4)?;
+        let pml = gpu.alloc(rows * 64 * nsplit * 2 * 4)?;
+        let out = gpu.alloc(rows * 64 * d * 2)?;
+        for tiled in [false, true] {
+            let go = || {
+                if tiled {
+                    ops.attention_tiled(
+                        q.ptr, kv.ptr, vv.ptr, table.ptr, max_pages, pos.ptr, seq.ptr, rows, 0,
+                        out.ptr, 16,
+                    )
+                } else {
+                    ops.attention_split(
+                        q.ptr, kv.ptr, vv.ptr, table.ptr, max_pages, pos.ptr, seq.ptr, po.ptr,
+                        pml.ptr, nsplit, rows, 0, out.ptr, 16, 0,
+                    )
+                }
+            };
+            go()?;
+            let mut times: Vec<f64> = (0..20).map(|_| gpu.time(go)).collect::<Result<_>>()?;
+            times.sort_by(|a, b| a.total_cmp(b));
+            lines.push(format!(
+                "attention 512-token prompt, 64/8 heads x 128, one layer, {}: {:.1} us (x80 layers: {:.1} ms)",
+                if tiled { "tiled tensor-core kernel" } else { "split + combine per row" },
+                times[10] * 1e3,
+                times[10] * 80.0
+            ));
+        }
+    }
     let shapes = [
         ("qkv", 8192usize, 10240usize),
         ("o_proj", 8192, 8192),

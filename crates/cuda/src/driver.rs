@@ -141,6 +141,8 @@ pub struct Gpu {
     pub sm_count: i32,
     blas: Mutex<Option<cublas::cublasHandle_t>>,
     modules: Mutex<HashMap<u64, &'static Module>>,
+    /// Whether `launch_dep` launches with programmatic dependent launch (see `set_pdl`).
+    pdl: std::sync::atomic::AtomicBool,
 }
 
 // SAFETY: the context and stream are used from one thread at a time (the CLI and bench), and the
@@ -214,6 +216,7 @@ impl Gpu {
                 sm_count,
                 blas: Mutex::new(None),
                 modules: Mutex::new(HashMap::new()),
+                pdl: std::sync::atomic::AtomicBool::new(false),
             })
         }
     }
@@ -396,6 +399,59 @@ impl Gpu {
         )
     }
 
+    /// Whether programmatic dependent launch is allowed: on sm_90+ unless MEDITRON_PDL=0.
+    pub fn pdl_supported(&self) -> bool {
+        static ENV: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        self.cc.0 >= 9
+            && *ENV.get_or_init(|| std::env::var("MEDITRON_PDL").map_or(true, |v| v != "0"))
+    }
+
+    /// Turns programmatic dependent launch on or off for the following `launch_dep` calls (on
+    /// only where `pdl_supported`); returns the previous setting.
+    pub fn set_pdl(&self, on: bool) -> bool {
+        let on = on && self.pdl_supported();
+        self.pdl.swap(on, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Launches a kernel written for programmatic dependent launch (it calls pdl_launch and, before
+    /// touching what earlier kernels wrote or read, pdl_wait; see common.cuh) on the main stream:
+    /// while `set_pdl(true)` holds, it may start before the previous kernel ends, so its prologue
+    /// (launch, weight loads) overlaps that kernel's tail. Otherwise as `launch`.
+    pub fn launch_dep(
+        &self,
+        f: &Func,
+        grid: (u32, u32, u32),
+        block: u32,
+        smem: u32,
+        args: &[&dyn Arg],
+    ) -> Result<()> {
+        if !self.pdl.load(std::sync::atomic::Ordering::Relaxed) {
+            return self.launch_on(false, f, grid, block, smem, args);
+        }
+        let mut ptrs: Vec<*mut c_void> = args.iter().map(|a| a.ptr()).collect();
+        // SAFETY: a zeroed attribute is a valid plain-data value; id and value set below.
+        let mut attr: cu::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = cu::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let cfg = cu::CUlaunchConfig {
+            gridDimX: grid.0,
+            gridDimY: grid.1,
+            gridDimZ: grid.2,
+            blockDimX: block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: smem,
+            hStream: self.stream,
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: as launch_on; the config and its one attribute live across the call.
+        check(
+            unsafe { cu::cuLaunchKernelEx(&cfg, f.0, ptrs.as_mut_ptr(), std::ptr::null_mut()) },
+            "kernel launch (programmatic dependent)",
+        )
+    }
+
     fn blas(&self) -> Result<cublas::cublasHandle_t> {
         let mut h = self
             .blas
@@ -433,6 +489,23 @@ impl Gpu {
         k: usize,
         w_kn: bool,
     ) -> Result<()> {
+        self.gemm_f16_ldc(a, w, c, m, n, k, w_kn, n)
+    }
+
+    /// `gemm_f16` into N columns of a row-major C whose rows are `ldc` apart (a column slice of
+    /// a wider output).
+    #[allow(clippy::too_many_arguments)]
+    pub fn gemm_f16_ldc(
+        &self,
+        a: u64,
+        w: u64,
+        c: u64,
+        m: usize,
+        n: usize,
+        k: usize,
+        w_kn: bool,
+        ldc: usize,
+    ) -> Result<()> {
         let h = self.blas()?;
         let (alpha, beta) = (1f32, 0f32);
         use cublas::cublasOperation_t::*;
@@ -462,7 +535,7 @@ impl Gpu {
                     &beta as *const f32 as *const c_void,
                     c as *mut c_void,
                     cublas::cudaDataType_t::CUDA_R_32F,
-                    n as i32,
+                    ldc as i32,
                     cublas::cublasComputeType_t::CUBLAS_COMPUTE_32F,
                     cublas::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
                 )

@@ -111,6 +111,104 @@ impl QLinear {
 
 /// x: [nb][K] fp16 in the sorted row order; out: [splits][nb][N] f32. Returns the split count.
 pub fn gptq_gemv(gpu: &Gpu, w: &QLinear, x: u64, out: u64, nb: usize) -> Result<usize> {
+    gptq_gemv_fused(gpu, w, x, out, nb, None)
+}
+
+/// Whether the GEMV unpacks weights with one LOP3 per fp16 pair (default; MEDITRON_GEMV_LOP3=0
+/// for the plain C expression, which compiles to an AND and an OR).
+pub fn gemv_lop3() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("MEDITRON_GEMV_LOP3").map_or(true, |v| v != "0"))
+}
+
+/// Most 128-column tiles of a GEMV whose split-K sums go into the residual stream (counters).
+pub const RESID_TILES: usize = 512;
+
+/// Where a GEMV adds its result itself: (resid [nb][N] f32, ss [nb][N / 128] f32 sums of squares
+/// per 128-column tile, counters [N / 128] u32, zero before and after).
+pub type ResidAdd = (u64, u64, u64);
+
+/// `gptq_gemv` that, with `resid`, also adds the product to the residual stream and writes the
+/// per-tile sums of squares for the next RMSNorm (the last block of each column tile sums the
+/// splits), so no add_partials is needed. Returns the split count (partials are still written).
+pub fn gptq_gemv_fused(
+    gpu: &Gpu,
+    w: &QLinear,
+    x: u64,
+    out: u64,
+    nb: usize,
+    resid: Option<ResidAdd>,
+) -> Result<usize> {
+    if resid.is_some() && w.n.div_ceil(128) > RESID_TILES {
+        bail!(
+            "GEMV with the residual add: N = {} is over {} columns",
+            w.n,
+            RESID_TILES * 128
+        );
+    }
+    let (rp, sp, cp) = resid.unwrap_or((0, 0, 0));
+    let mode = i64::from(resid.is_some());
+    gemv_launch(gpu, w, x, out, nb, mode, (rp, sp, cp), &RopeArgs::default())
+}
+
+/// Where the q|k|v GEMV of one row puts its rotated outputs when it applies RoPE itself
+/// (`gptq_gemv_rope`); the layout of `struct RopeArgs` in gptq.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct RopeArgs {
+    pub pos: u64,
+    pub seq: u64,
+    pub cos: u64,
+    pub sin: u64,
+    pub q: u64,
+    pub kc: u64,
+    pub vc: u64,
+    pub table: u64,
+    pub max_pages: i32,
+    pub nh: i32,
+    pub nkv: i32,
+    pub hd: i32,
+    pub page: i32,
+}
+
+impl crate::driver::Arg for RopeArgs {
+    fn ptr(&self) -> *mut std::ffi::c_void {
+        self as *const RopeArgs as *mut std::ffi::c_void
+    }
+}
+
+/// The q|k|v product of one row with qkv_rope folded in: the last block of each 128-column tile
+/// sums the splits, rotates q and k and writes q (f32) and k, v (paged cache), so no qkv_rope
+/// launch follows. `counters`: [N / 128] u32, zero before and after. head_dim must divide 128.
+pub fn gptq_gemv_rope(
+    gpu: &Gpu,
+    w: &QLinear,
+    x: u64,
+    out: u64,
+    rope: &RopeArgs,
+    counters: u64,
+) -> Result<usize> {
+    let hd = rope.hd as usize;
+    if hd == 0 || 128 % hd != 0 || !w.n.is_multiple_of(hd) || w.n.div_ceil(128) > RESID_TILES {
+        bail!(
+            "GEMV with RoPE: head_dim {hd} must divide 128 and N = {}",
+            w.n
+        );
+    }
+    gemv_launch(gpu, w, x, out, 1, 2, (0, 0, counters), rope)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn gemv_launch(
+    gpu: &Gpu,
+    w: &QLinear,
+    x: u64,
+    out: u64,
+    nb: usize,
+    mode: i64,
+    (rp, sp, cp): ResidAdd,
+    rope: &RopeArgs,
+) -> Result<usize> {
     if !(1..=8).contains(&nb) {
         bail!("GEMV batch {nb} out of 1..=8");
     }
@@ -129,12 +227,14 @@ pub fn gptq_gemv(gpu: &Gpu, w: &QLinear, x: u64, out: u64, nb: usize) -> Result<
             ("NB", nb as i64),
             ("KW", kwv as i64),
             ("SPF", spf as i64),
+            ("RESID", mode),
+            ("LOP3", gemv_lop3() as i64),
         ],
     )?;
     let f = m.func("gptq_gemv")?;
     let splits = w.splits();
     let zeros = w.zeros.as_ref().map_or(0, |z| z.ptr);
-    gpu.launch(
+    gpu.launch_dep(
         &f,
         (w.n.div_ceil(128) as u32, splits as u32, 1),
         256,
@@ -151,6 +251,10 @@ pub fn gptq_gemv(gpu: &Gpu, w: &QLinear, x: u64, out: u64, nb: usize) -> Result<
             &(w.seg[0] as i32),
             &(w.seg[1] as i32),
             &((nb * w.k / 2) as i32),
+            &rp,
+            &sp,
+            &cp,
+            rope,
         ],
     )?;
     Ok(splits)
@@ -229,7 +333,7 @@ pub fn gptq_gemm_tc_variant(
     let f = m.func("gptq_gemm_tc")?;
     let splits = w.k.div_ceil(TC_KCH);
     let zeros = w.zeros.as_ref().map_or(0, |z| z.ptr);
-    gpu.launch(
+    gpu.launch_dep(
         &f,
         (w.n.div_ceil(256) as u32, splits as u32, 1),
         128,
@@ -352,6 +456,8 @@ pub fn gptq_gemv_resources(gpu: &Gpu, w: &QLinear, nb: usize) -> Result<(i32, i3
             ("NB", nb as i64),
             ("KW", kwv as i64),
             ("SPF", spf as i64),
+            ("RESID", 0),
+            ("LOP3", gemv_lop3() as i64),
         ],
     )?;
     m.func("gptq_gemv")?.resources()
@@ -359,13 +465,32 @@ pub fn gptq_gemv_resources(gpu: &Gpu, w: &QLinear, nb: usize) -> Result<(i32, i3
 
 /// Dequantizes to fp16 [K][N] at `dst`, rows in the checkpoint's original order, on `stream`.
 pub fn gptq_dequant_on(gpu: &Gpu, side: bool, w: &QLinear, dst: u64) -> Result<()> {
+    gptq_dequant_cols(gpu, side, w, dst, 0, w.n)
+}
+
+/// Dequantizes columns [col0, col0 + ncols) to an fp16 [K][ncols] slice at `dst` (rows in the
+/// checkpoint's original order), on the main or the second stream.
+pub fn gptq_dequant_cols(
+    gpu: &Gpu,
+    side: bool,
+    w: &QLinear,
+    dst: u64,
+    col0: usize,
+    ncols: usize,
+) -> Result<()> {
+    if ncols == 0 || col0 + ncols > w.n {
+        bail!(
+            "dequantizing columns {col0}..+{ncols} of a {}-column linear",
+            w.n
+        );
+    }
     let m = gpu.module("gptq", &sources()[0].1, &[("BITS", w.bits as i64)])?;
     let f = m.func("gptq_dequant")?;
     let zeros = w.zeros.as_ref().map_or(0, |z| z.ptr);
     gpu.launch_on(
         side,
         &f,
-        (w.n.div_ceil(256) as u32, (w.k / 32) as u32, 1),
+        (ncols.div_ceil(256) as u32, (w.k / 32) as u32, 1),
         256,
         0,
         &[
@@ -379,6 +504,8 @@ pub fn gptq_dequant_on(gpu: &Gpu, side: bool, w: &QLinear, dst: u64) -> Result<(
             &w.perm.as_ref().map_or(0, |p| p.ptr),
             &(w.seg[0] as i32),
             &(w.seg[1] as i32),
+            &(col0 as i32),
+            &(ncols as i32),
         ],
     )
 }
@@ -386,6 +513,23 @@ pub fn gptq_dequant_on(gpu: &Gpu, side: bool, w: &QLinear, dst: u64) -> Result<(
 /// Dequantizes to fp16 [K][N] (original row order) at `dst`.
 pub fn gptq_dequant(gpu: &Gpu, w: &QLinear, dst: u64) -> Result<()> {
     gptq_dequant_on(gpu, false, w, dst)
+}
+
+/// Whether attn_split's blocks past a row's position return at once (default; the combine
+/// reads only the blocks with keys); MEDITRON_ATTN_SKIP_EMPTY=0 has them write empty partials
+/// as before run 14.
+pub fn attn_skip_empty() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("MEDITRON_ATTN_SKIP_EMPTY").map_or(true, |v| v != "0"))
+}
+
+/// `Ops::attention` of more rows than this takes the tiled tensor-core kernel.
+pub const TILED_ATTN_MIN_ROWS: usize = 32;
+
+/// The tiled attention kernel is used unless MEDITRON_ATTN_TILE=0 (for timing the old path).
+pub fn tiled_attention_enabled() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("MEDITRON_ATTN_TILE").map_or(true, |v| v != "0"))
 }
 
 /// Head shape of the attention kernels.
@@ -429,7 +573,7 @@ impl<'g> Ops<'g> {
 
     pub fn embed(&self, tok: u64, emb: u64, h: u64, rows: usize, hidden: usize) -> Result<()> {
         let f = self.m()?.func("embed")?;
-        self.gpu.launch(
+        self.gpu.launch_dep(
             &f,
             (rows as u32, 1, 1),
             256,
@@ -463,7 +607,7 @@ impl<'g> Ops<'g> {
         if nb > 256 {
             bail!("hidden size {hidden} is over the norm kernel's 65536");
         }
-        self.gpu.launch(
+        self.gpu.launch_dep(
             &m.func("add_partials")?,
             (nb as u32, rows as u32, 1),
             256,
@@ -477,15 +621,40 @@ impl<'g> Ops<'g> {
                 &(hidden as i32),
             ],
         )?;
-        self.gpu.launch(
+        self.rmsnorm(rows, h, ss, nb, w, perm, out, hidden, eps, xbits, nseg)
+    }
+
+    /// out = fp16(rmsnorm(h) * w) gathered as `add_rmsnorm` does, from h and `nss` (<= 256)
+    /// partial sums of squares per row already in `ss` (written by add_partials or by a GEMV
+    /// with the residual add).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rmsnorm(
+        &self,
+        rows: usize,
+        h: u64,
+        ss: u64,
+        nss: usize,
+        w: u64,
+        perm: u64,
+        out: u64,
+        hidden: usize,
+        eps: f32,
+        xbits: u32,
+        nseg: usize,
+    ) -> Result<()> {
+        if nss > 256 {
+            bail!("{nss} partial sums of squares are over the norm kernel's 256");
+        }
+        let m = self.m()?;
+        self.gpu.launch_dep(
             &m.func("rmsnorm_gather")?,
-            (nb as u32, rows as u32, nseg.max(1) as u32),
+            (hidden.div_ceil(256) as u32, rows as u32, nseg.max(1) as u32),
             256,
             0,
             &[
                 &h,
                 &ss,
-                &(nb as i32),
+                &(nss as i32),
                 &w,
                 &perm,
                 &out,
@@ -514,7 +683,7 @@ impl<'g> Ops<'g> {
     ) -> Result<()> {
         let h = self.heads;
         let f = self.m()?.func("qkv_rope")?;
-        self.gpu.launch(
+        self.gpu.launch_dep(
             &f,
             (rows as u32, (h.n_heads + 2 * h.n_kv) as u32, 1),
             (h.head_dim / 2) as u32,
@@ -557,11 +726,46 @@ impl<'g> Ops<'g> {
         inv_perm: u64,
         out: u64,
         xbits: u32,
+        counters: u64,
+    ) -> Result<()> {
+        if rows > TILED_ATTN_MIN_ROWS && tiled_attention_enabled() {
+            return self.attention_tiled(
+                q, kc, vc, table, max_pages, pos, seq, rows, inv_perm, out, xbits,
+            );
+        }
+        self.attention_split(
+            q, kc, vc, table, max_pages, pos, seq, part_o, part_ml, nsplit, rows, inv_perm, out,
+            xbits, counters,
+        )
+    }
+
+    /// Flash-decoding attention (attn_split + attn_combine): one block per row, KV head and
+    /// ATTN_SPLIT positions; the decode path. With `counters` (rows x n_kv u32, zero before and
+    /// after) the last split block of each row and KV head merges the splits itself and no
+    /// attn_combine is launched.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_split(
+        &self,
+        q: u64,
+        kc: u64,
+        vc: u64,
+        table: u64,
+        max_pages: usize,
+        pos: u64,
+        seq: u64,
+        part_o: u64,
+        part_ml: u64,
+        nsplit: usize,
+        rows: usize,
+        inv_perm: u64,
+        out: u64,
+        xbits: u32,
+        counters: u64,
     ) -> Result<()> {
         let h = self.heads;
         let m = self.m()?;
         let scale = 1.0 / (h.head_dim as f32).sqrt();
-        self.gpu.launch(
+        self.gpu.launch_dep(
             &m.func("attn_split")?,
             (rows as u32, h.n_kv as u32, nsplit as u32),
             256,
@@ -578,9 +782,17 @@ impl<'g> Ops<'g> {
                 &part_ml,
                 &(h.n_kv as i32),
                 &scale,
+                &counters,
+                &inv_perm,
+                &out,
+                &(xbits as i32),
+                &(attn_skip_empty() as i32),
             ],
         )?;
-        self.gpu.launch(
+        if counters != 0 {
+            return Ok(());
+        }
+        self.gpu.launch_dep(
             &m.func("attn_combine")?,
             (rows as u32, h.n_heads as u32, 1),
             h.head_dim as u32,
@@ -598,6 +810,59 @@ impl<'g> Ops<'g> {
         )
     }
 
+    /// The tensor-core attention of many rows at once (attn_prefill in llama.cu): each key and
+    /// value is read once per block of rows instead of once per row. Same inputs and output as
+    /// `attention` (which calls it for more than TILED_ATTN_MIN_ROWS rows).
+    #[allow(clippy::too_many_arguments)]
+    pub fn attention_tiled(
+        &self,
+        q: u64,
+        kc: u64,
+        vc: u64,
+        table: u64,
+        max_pages: usize,
+        pos: u64,
+        seq: u64,
+        rows: usize,
+        inv_perm: u64,
+        out: u64,
+        xbits: u32,
+    ) -> Result<()> {
+        let h = self.heads;
+        let gqa = h.n_heads / h.n_kv;
+        let warps = 4;
+        if gqa > warps * 16 {
+            bail!(
+                "tiled attention takes at most {} query heads per KV head",
+                warps * 16
+            );
+        }
+        let qt = warps * 16 / gqa;
+        let m = self.m()?;
+        let scale = 1.0 / (h.head_dim as f32).sqrt();
+        self.gpu.launch_dep(
+            &m.func("attn_prefill")?,
+            (rows.div_ceil(qt) as u32, h.n_kv as u32, 1),
+            (warps * 32) as u32,
+            0,
+            &[
+                &q,
+                &kc,
+                &vc,
+                &table,
+                &(max_pages as i32),
+                &pos,
+                &seq,
+                &(rows as i32),
+                &inv_perm,
+                &out,
+                &(h.n_kv as i32),
+                &scale,
+                &(xbits as i32),
+            ],
+        )
+    }
+
     #[allow(clippy::too_many_arguments)]
     pub fn swiglu(
         &self,
@@ -610,7 +875,7 @@ impl<'g> Ops<'g> {
         xbits: u32,
     ) -> Result<()> {
         let f = self.m()?.func("swiglu")?;
-        self.gpu.launch(
+        self.gpu.launch_dep(
             &f,
             (inter.div_ceil(256) as u32, rows as u32, 1),
             256,
@@ -641,7 +906,7 @@ impl<'g> Ops<'g> {
             bail!("fp16 GEMV needs K % 8 == 0 (K = {k}) and 1..=8 rows ({rows})");
         }
         let f = llama(self.gpu, self.heads, rows)?.func("gemv_f16")?;
-        self.gpu.launch(
+        self.gpu.launch_dep(
             &f,
             (n.div_ceil(8) as u32, 1, 1),
             256,
@@ -663,7 +928,7 @@ impl<'g> Ops<'g> {
         advance: bool,
     ) -> Result<()> {
         let f = self.m()?.func("argmax_step")?;
-        self.gpu.launch(
+        self.gpu.launch_dep(
             &f,
             (rows as u32, 1, 1),
             1024,

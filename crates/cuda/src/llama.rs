@@ -5,7 +5,8 @@
 
 use crate::driver::{Buf, Event, Gpu, Graph};
 use crate::kernels::{
-    gptq_dequant_on, gptq_gemm_tc, gptq_gemv, Heads, Ops, QLinear, ATTN_SPLIT, PAGE,
+    gptq_dequant_cols, gptq_gemm_tc, gptq_gemv, gptq_gemv_fused, gptq_gemv_rope, Heads, Ops,
+    QLinear, RopeArgs, ATTN_SPLIT, PAGE,
 };
 use anyhow::{bail, Context, Result};
 use std::cell::Cell;
@@ -331,13 +332,15 @@ pub struct State {
     pub max_rows: usize,
     pub max_ctx: usize,
     h: Buf,                // [R][H] f32 residual stream
-    ss: Buf,               // [R][ceil(H / 256)] f32 sums of squares for RMSNorm
+    ss: Buf,               // [R][ceil(H / 128)] f32 partial sums of squares for RMSNorm
+    counters: Buf,         // [RESID_TILES] u32, zero between launches (GEMV residual add)
+    attn_counters: Buf,    // [R][NKV] u32, zero between launches (attention split merge)
     pub(crate) xh: Buf,    // [R][max(H, I, NH*HD)] fp16 matmul input
     part: Buf,             // partial sums, [S][R][N] f32
     q: Buf,                // [R][NH][HD] f32
     part_o: Buf,           // [R][NH][nsplit][HD]
     part_ml: Buf,          // [R][NH][nsplit][2]
-    w16: Option<[Buf; 2]>, // [K][N] fp16 dequantized weights for prefill GEMMs, double-buffered
+    w16: Option<Vec<Buf>>, // fp16 dequantized weight slices for prefill GEMMs (dq_bufs of them)
     pub logits: Buf,       // [B][V] f32
     pub(crate) pre_tok: Buf,
     pub(crate) pre_pos: Buf,
@@ -398,7 +401,8 @@ impl State {
                     let blas = (9..=rows).any(|r| lin.blas(r));
                     if blas {
                         any_blas = true;
-                        w16 = w16.max(lin.k() * lin.n());
+                        let widest = dq_parts(q).iter().map(|p| p.1).max().unwrap_or(0);
+                        w16 = w16.max(lin.k() * widest);
                     }
                 }
             }
@@ -428,14 +432,20 @@ impl State {
             max_rows,
             max_ctx,
             h: gpu.alloc(rows * c.hidden * 4)?,
-            ss: gpu.alloc(rows * c.hidden.div_ceil(256) * 4)?,
+            ss: gpu.alloc(rows * c.hidden.div_ceil(128) * 4)?,
+            counters: gpu.upload(&vec![0u32; crate::kernels::RESID_TILES])?,
+            attn_counters: gpu.upload(&vec![0u32; rows * c.n_kv])?,
             xh: gpu.alloc(rows * width * 2)?,
             part: gpu.alloc(part * 4)?,
             q: gpu.alloc(rows * c.n_heads * c.head_dim * 4)?,
             part_o: gpu.alloc(rows * c.n_heads * nsplit * c.head_dim * 4)?,
             part_ml: gpu.alloc(rows * c.n_heads * nsplit * 2 * 4)?,
             w16: if any_blas {
-                Some([gpu.alloc(w16 * 2)?, gpu.alloc(w16 * 2)?])
+                Some(
+                    (0..dq_bufs())
+                        .map(|_| gpu.alloc(w16 * 2))
+                        .collect::<Result<Vec<_>>>()?,
+                )
             } else {
                 None
             },
@@ -502,6 +512,69 @@ impl<'g> Runner<'g> {
         }
     }
 
+    /// Whether the product of `lin` for `rows` rows adds itself into the residual stream (GPTQ
+    /// GEMV for one row, output width the hidden size; off with MEDITRON_FUSE_RESID=0).
+    fn resid_add(&self, lin: &Linear, rows: usize) -> bool {
+        static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let on =
+            *ON.get_or_init(|| std::env::var("MEDITRON_FUSE_RESID").map_or(true, |v| v != "0"));
+        // One row only: for 8 (run 10) the serial per-row sums at the tail cost more than the
+        // add_partials launch they save (batch 8: 36.6 -> 40.3 ms/step).
+        on && rows == 1
+            && matches!(lin, Linear::Q(q) if q.n == self.model.cfg.hidden
+                && q.n.div_ceil(128) <= crate::kernels::RESID_TILES)
+    }
+
+    /// The product of `lin` added into the residual stream st.h, with the per-tile sums of squares
+    /// in st.ss (see `resid_add`); returns the number of sums of squares per row.
+    fn matmul_resid(&self, st: &State, lin: &Linear, x: u64, rows: usize) -> Result<usize> {
+        let Linear::Q(q) = lin else {
+            bail!("residual add needs a GPTQ linear");
+        };
+        let add = (st.h.ptr, st.ss.ptr, st.counters.ptr);
+        gptq_gemv_fused(self.gpu, q, x, st.part.ptr, rows, Some(add))?;
+        Ok(q.n.div_ceil(128))
+    }
+
+    /// h += the `s` partial sums in st.part (unless `fused`: a GEMV already added them and left
+    /// `s` sums of squares per row), then the RMSNorm into the next linear's input.
+    #[allow(clippy::too_many_arguments)]
+    fn norm(
+        &self,
+        st: &State,
+        rows: usize,
+        s: usize,
+        fused: bool,
+        w: u64,
+        next: Option<&Linear>,
+    ) -> Result<()> {
+        let c = &self.model.cfg;
+        let (perm, xbits, nseg) = match next {
+            Some(l) => (l.perm(rows), l.xbits(rows), l.nseg(rows)),
+            None => (0, 16, 1),
+        };
+        if fused {
+            self.ops.rmsnorm(
+                rows, st.h.ptr, st.ss.ptr, s, w, perm, st.xh.ptr, c.hidden, c.eps, xbits, nseg,
+            )
+        } else {
+            self.ops.add_rmsnorm(
+                st.part.ptr,
+                s,
+                rows,
+                st.h.ptr,
+                w,
+                perm,
+                st.xh.ptr,
+                c.hidden,
+                c.eps,
+                st.ss.ptr,
+                xbits,
+                nseg,
+            )
+        }
+    }
+
     /// x: [rows][K] fp16 -> st.part; returns the number of partial sums.
     fn matmul(
         &self,
@@ -516,10 +589,21 @@ impl<'g> Runner<'g> {
             Linear::Q(q) if q.tc(rows) => gptq_gemm_tc(self.gpu, q, x, st.part.ptr, rows),
             Linear::Q(q) => {
                 let pf = pf.context("GPTQ prefill without the dequantization pipeline")?;
-                let w16 = pf.take(self)?;
-                self.gpu
-                    .gemm_f16(x, w16, st.part.ptr, rows, q.n, q.k, true)?;
-                pf.used(self)?;
+                // One GEMM per dequantized column slice, into its columns of the output.
+                for (col0, ncols) in dq_parts(q) {
+                    let w16 = pf.take(self)?;
+                    self.gpu.gemm_f16_ldc(
+                        x,
+                        w16,
+                        st.part.ptr + (col0 * 4) as u64,
+                        rows,
+                        ncols,
+                        q.k,
+                        true,
+                        q.n,
+                    )?;
+                    pf.used(self)?;
+                }
                 Ok(1)
             }
             Linear::F16 { w, k, n } if rows <= 8 => {
@@ -554,29 +638,48 @@ impl<'g> Runner<'g> {
         };
         let pf = pf.as_ref();
         if !skip {
+            // A plain launch: it follows host-to-device copies of the step's tokens.
+            let _plain = PdlGuard::set(self.gpu, false);
             ops.embed(tok, self.model.embed.ptr, st.h.ptr, rows, c.hidden)?;
         }
+        // Programmatic dependent launch between the step's kernels, except with the
+        // dequantization pipeline (its events order the two streams).
+        let _pdl = PdlGuard::set(self.gpu, pf.is_none());
         let mut s = 0;
+        // Whether the last product added itself into h (s is then its sums of squares per row).
+        let mut fused = false;
         for (li, l) in self.model.layers.iter().enumerate() {
             if !skip {
-                ops.add_rmsnorm(
-                    st.part.ptr,
-                    s,
-                    rows,
-                    st.h.ptr,
-                    l.attn_norm.ptr,
-                    l.qkv.perm(rows),
-                    st.xh.ptr,
-                    c.hidden,
-                    c.eps,
-                    st.ss.ptr,
-                    l.qkv.xbits(rows),
-                    l.qkv.nseg(rows),
-                )?;
+                self.norm(st, rows, s, fused, l.attn_norm.ptr, Some(&l.qkv))?;
             }
-            s = self.matmul(st, &l.qkv, st.xh.ptr, rows, pf)?;
             let (kc, vc) = (st.kc[li].ptr, st.vc[li].ptr);
-            if !skip {
+            // One row: the q|k|v GEMV applies RoPE and appends k, v itself (no qkv_rope).
+            let rope_fused = match &l.qkv {
+                Linear::Q(q) if !skip && rows == 1 && fuse_rope() && 128 % c.head_dim == 0 => {
+                    let args = RopeArgs {
+                        pos,
+                        seq,
+                        cos: st.cos.ptr,
+                        sin: st.sin.ptr,
+                        q: st.q.ptr,
+                        kc,
+                        vc,
+                        table: st.table.ptr,
+                        max_pages: st.max_pages as i32,
+                        nh: c.n_heads as i32,
+                        nkv: c.n_kv as i32,
+                        hd: c.head_dim as i32,
+                        page: PAGE as i32,
+                    };
+                    gptq_gemv_rope(self.gpu, q, st.xh.ptr, st.part.ptr, &args, st.counters.ptr)?;
+                    true
+                }
+                _ => false,
+            };
+            if !rope_fused {
+                s = self.matmul(st, &l.qkv, st.xh.ptr, rows, pf)?;
+            }
+            if !skip && !rope_fused {
                 ops.qkv_rope(
                     st.part.ptr,
                     s,
@@ -608,24 +711,18 @@ impl<'g> Runner<'g> {
                     l.o.inv_perm(rows),
                     st.xh.ptr,
                     l.o.xbits(rows),
+                    if fuse_attn() { st.attn_counters.ptr } else { 0 },
                 )?;
             }
-            s = self.matmul(st, &l.o, st.xh.ptr, rows, pf)?;
+            // Skipping the rest (only_matmuls) leaves h alone: no residual add either.
+            fused = !skip && self.resid_add(&l.o, rows);
+            s = if fused {
+                self.matmul_resid(st, &l.o, st.xh.ptr, rows)?
+            } else {
+                self.matmul(st, &l.o, st.xh.ptr, rows, pf)?
+            };
             if !skip {
-                ops.add_rmsnorm(
-                    st.part.ptr,
-                    s,
-                    rows,
-                    st.h.ptr,
-                    l.ffn_norm.ptr,
-                    l.gate_up.perm(rows),
-                    st.xh.ptr,
-                    c.hidden,
-                    c.eps,
-                    st.ss.ptr,
-                    l.gate_up.xbits(rows),
-                    l.gate_up.nseg(rows),
-                )?;
+                self.norm(st, rows, s, fused, l.ffn_norm.ptr, Some(&l.gate_up))?;
             }
             s = self.matmul(st, &l.gate_up, st.xh.ptr, rows, pf)?;
             if !skip {
@@ -639,23 +736,15 @@ impl<'g> Runner<'g> {
                     l.down.xbits(rows),
                 )?;
             }
-            s = self.matmul(st, &l.down, st.xh.ptr, rows, pf)?;
+            fused = !skip && self.resid_add(&l.down, rows);
+            s = if fused {
+                self.matmul_resid(st, &l.down, st.xh.ptr, rows)?
+            } else {
+                self.matmul(st, &l.down, st.xh.ptr, rows, pf)?
+            };
         }
         if !skip {
-            ops.add_rmsnorm(
-                st.part.ptr,
-                s,
-                rows,
-                st.h.ptr,
-                self.model.norm.ptr,
-                0,
-                st.xh.ptr,
-                c.hidden,
-                c.eps,
-                st.ss.ptr,
-                16,
-                1,
-            )?;
+            self.norm(st, rows, s, fused, self.model.norm.ptr, None)?;
         }
         Ok(())
     }
@@ -665,6 +754,8 @@ impl<'g> Runner<'g> {
     pub fn decode_step(&self, st: &State) -> Result<()> {
         let c = &self.model.cfg;
         let b = st.batch;
+        // lm_head and argmax follow the last layer's kernels directly.
+        let _pdl = PdlGuard::set(self.gpu, !self.uses_prefetch(b));
         self.layers(
             st,
             b,
@@ -743,6 +834,15 @@ impl<'g> Runner<'g> {
         }
     }
 
+    /// Whether `rows` rows take the dequantize + cuBLAS path (and its second stream) anywhere.
+    fn uses_prefetch(&self, rows: usize) -> bool {
+        self.model.layers.iter().any(|l| {
+            [&l.qkv, &l.o, &l.gate_up, &l.down]
+                .iter()
+                .any(|lin| matches!(lin, Linear::Q(_)) && lin.blas(rows))
+        })
+    }
+
     pub fn capture_decode(&self, st: &State) -> Result<Graph> {
         self.gpu.capture(|| self.decode_step(st))
     }
@@ -807,70 +907,149 @@ impl<'g> Runner<'g> {
     }
 }
 
-/// Prefill of GPTQ weights: the next linear is dequantized to fp16 on the second stream while
-/// the current one's GEMM runs (dequantization is memory-bound, the GEMM compute-bound, so they
-/// overlap), through two buffers and events, in the order the forward pass uses the linears.
+/// Whether the q|k|v GEMV of one row applies RoPE and appends k, v itself (no qkv_rope
+/// launch): only with MEDITRON_FUSE_ROPE=1 (run 12: no faster, 15.91 vs 15.87 ms per token).
+fn fuse_rope() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("MEDITRON_FUSE_ROPE").is_ok_and(|v| v == "1"))
+}
+
+/// Whether decode attention merges its splits inside attn_split (no attn_combine launch): only
+/// with MEDITRON_FUSE_ATTN=1 (run 12: 0.8 ms per token slower; one block per KV head merges
+/// what attn_combine spread over 64 blocks).
+fn fuse_attn() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("MEDITRON_FUSE_ATTN").is_ok_and(|v| v == "1"))
+}
+
+/// Sets the GPU's programmatic-dependent-launch switch for a scope, restoring it after.
+struct PdlGuard<'a> {
+    gpu: &'a Gpu,
+    prev: bool,
+}
+
+impl<'a> PdlGuard<'a> {
+    fn set(gpu: &'a Gpu, on: bool) -> PdlGuard<'a> {
+        let prev = gpu.set_pdl(on);
+        PdlGuard { gpu, prev }
+    }
+}
+
+impl Drop for PdlGuard<'_> {
+    fn drop(&mut self) {
+        self.gpu.set_pdl(self.prev);
+    }
+}
+
+/// Buffers of the prefill dequantization pipeline: MEDITRON_DQ_BUFS (2..=4), default 2 (3 let
+/// the slice after next be dequantized during this one's GEMM: no faster in run 9).
+pub fn dq_bufs() -> usize {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        std::env::var("MEDITRON_DQ_BUFS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|v| (2..=4).contains(v))
+            .unwrap_or(2)
+    })
+}
+
+/// Column slices (col0, ncols) a GPTQ linear is dequantized and multiplied in at prefill: at
+/// most MEDITRON_DQ_CHUNK million weights each (default 0 = whole linears), widths a multiple
+/// of 64. Slices of 128M weights shrink the buffers by 1.1 GiB for the 70B but cost ~6 ms of a
+/// 512-token prefill (run 9: narrower GEMMs), so they are off by default.
+pub fn dq_parts(q: &QLinear) -> Vec<(usize, usize)> {
+    static V: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    let chunk = *V.get_or_init(|| {
+        std::env::var("MEDITRON_DQ_CHUNK")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }) * 1_000_000;
+    let parts = if chunk == 0 {
+        1
+    } else {
+        (q.k * q.n).div_ceil(chunk).max(1)
+    };
+    let width = q.n.div_ceil(parts).next_multiple_of(64).min(q.n);
+    (0..q.n)
+        .step_by(width)
+        .map(|c| (c, width.min(q.n - c)))
+        .collect()
+}
+
+/// Prefill of GPTQ weights: column slices of the coming linears are dequantized to fp16 on the
+/// second stream while the current slice's GEMM runs (dequantization is memory-bound, the GEMM
+/// compute-bound, so they overlap), through `dq_bufs` buffers and events, in the order the
+/// forward pass uses them.
 struct Prefetch<'a> {
-    lins: Vec<&'a QLinear>,
-    bufs: &'a [Buf; 2],
-    ready: [Event; 2],
-    free: [Event; 2],
+    units: Vec<(&'a QLinear, usize, usize)>,
+    bufs: &'a [Buf],
+    ready: Vec<Event>,
+    free: Vec<Event>,
     next: Cell<usize>,
 }
 
 impl<'a> Prefetch<'a> {
     /// None when no linear takes dequantize + cuBLAS at `rows` rows.
-    fn start(r: &Runner<'a>, bufs: &'a [Buf; 2], rows: usize) -> Result<Option<Prefetch<'a>>> {
-        let mut lins = Vec::new();
+    fn start(r: &Runner<'a>, bufs: &'a [Buf], rows: usize) -> Result<Option<Prefetch<'a>>> {
+        let mut units = Vec::new();
         for l in &r.model.layers {
             for lin in [&l.qkv, &l.o, &l.gate_up, &l.down] {
                 if let Linear::Q(q) = lin {
                     if lin.blas(rows) {
-                        lins.push(q);
+                        units.extend(dq_parts(q).into_iter().map(|(c, n)| (q, c, n)));
                     }
                 }
             }
         }
-        if lins.is_empty() {
+        if units.is_empty() {
             return Ok(None);
         }
+        let nb = bufs.len();
         let pf = Prefetch {
-            lins,
+            units,
             bufs,
-            ready: [Event::new()?, Event::new()?],
-            free: [Event::new()?, Event::new()?],
+            ready: (0..nb).map(|_| Event::new()).collect::<Result<_>>()?,
+            free: (0..nb).map(|_| Event::new()).collect::<Result<_>>()?,
             next: Cell::new(0),
         };
         // The second stream must not read weights or overwrite buffers before the main
         // stream's earlier work: start it after everything issued so far.
-        pf.free[0].record(r.gpu, false)?;
-        pf.free[1].record(r.gpu, false)?;
-        pf.issue(r, 0)?;
+        for e in &pf.free {
+            e.record(r.gpu, false)?;
+        }
+        for i in 0..nb - 1 {
+            pf.issue(r, i)?;
+        }
         Ok(Some(pf))
     }
 
     fn issue(&self, r: &Runner, i: usize) -> Result<()> {
-        if let Some(q) = self.lins.get(i) {
-            self.free[i % 2].wait_on(r.gpu, true)?;
-            gptq_dequant_on(r.gpu, true, q, self.bufs[i % 2].ptr)?;
-            self.ready[i % 2].record(r.gpu, true)?;
+        if let Some(&(q, col0, ncols)) = self.units.get(i) {
+            let b = i % self.bufs.len();
+            self.free[b].wait_on(r.gpu, true)?;
+            gptq_dequant_cols(r.gpu, true, q, self.bufs[b].ptr, col0, ncols)?;
+            self.ready[b].record(r.gpu, true)?;
         }
         Ok(())
     }
 
-    /// The fp16 weight of the next linear, once dequantized; starts the one after.
+    /// The fp16 weights of the next slice, once dequantized; starts the one `bufs - 1` ahead
+    /// (its buffer was freed by the GEMM before this one).
     fn take(&self, r: &Runner) -> Result<u64> {
         let i = self.next.get();
-        self.ready[i % 2].wait_on(r.gpu, false)?;
-        self.issue(r, i + 1)?;
-        Ok(self.bufs[i % 2].ptr)
+        let b = i % self.bufs.len();
+        self.ready[b].wait_on(r.gpu, false)?;
+        self.issue(r, i + self.bufs.len() - 1)?;
+        Ok(self.bufs[b].ptr)
     }
 
     /// Marks the buffer just used by the main stream's GEMM as free after that GEMM.
     fn used(&self, r: &Runner) -> Result<()> {
         let i = self.next.get();
         // Recorded on the main stream, after its GEMM.
-        self.free[i % 2].record(r.gpu, false)?;
+        self.free[i % self.bufs.len()].record(r.gpu, false)?;
         self.next.set(i + 1);
         Ok(())
     }

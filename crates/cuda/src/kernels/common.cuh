@@ -26,6 +26,21 @@ __device__ __forceinline__ u32 hsub2(u32 a, u32 b) {
     asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
     return d;
 }
+// (a & b) | c in one LOP3: written as C, the compiler emits an AND and an OR when b and c are
+// both constants (one immediate per LOP3); with the constant in a register it is one op.
+// LOP3 0 keeps the plain expression (for timing the difference).
+#ifndef LOP3
+#define LOP3 1
+#endif
+__device__ __forceinline__ u32 and_or(u32 a, u32 b, u32 c) {
+#if LOP3
+    u32 d;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+#else
+    return (a & b) | c;
+#endif
+}
 __device__ __forceinline__ float h2sum(u32 v) { return h2f((u16)(v & 0xffff)) + h2f((u16)(v >> 16)); }
 __device__ __forceinline__ u32 pack2(u16 lo, u16 hi) { return (u32)lo | ((u32)hi << 16); }
 
@@ -57,6 +72,36 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
                  : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
                  : "l"(p));
     return r;
+}
+
+// Programmatic dependent launch (sm_90+): a kernel launched with the programmatic-serialization
+// attribute may start while the kernel before it in the stream is still running. Every kernel
+// that can be launched so calls pdl_launch() (lets the next kernel start early) and, before it
+// reads anything an earlier kernel wrote or writes anything an earlier kernel reads,
+// pdl_wait() (returns once the previous kernel has finished and its writes are visible). Only
+// constant data (weights) may be read before pdl_wait. Both are no-ops for a normal launch.
+__device__ __forceinline__ void pdl_launch() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_wait() {
+#if __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// c += A . B on the tensor cores: A 16x16 fp16 (row), B 16x8 fp16 (col), c 16x8 f32.
+// Lane (g = lane / 4, t = lane % 4) holds a0 = A[g][2t..2t+1], a1 = A[g+8][2t..], a2 =
+// A[g][2t+8..], a3 = A[g+8][2t+8..]; b0 = B[2t..2t+1][g], b1 = B[2t+8..2t+9][g]; c0, c1 =
+// C[g][2t], C[g][2t+1]; c2, c3 = C[g+8][2t], C[g+8][2t+1] (pairs: low half = lower index).
+__device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+    // Not volatile: the compiler may interleave independent mmas to hide their latency.
+    asm(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
 #ifndef INFINITY

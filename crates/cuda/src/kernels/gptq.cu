@@ -46,35 +46,6 @@ __device__ __forceinline__ void pair_map(int p, int& a, int& b) {
 #endif
 }
 
-// 16 pairs (1024 + q_a, 1024 + q_b) as fp16x2, except 4-bit odd pairs, which come out as
-// (1024 + 16 q_a, 1024 + 16 q_b); the GEMV scales those by 1/16 in its zero-point FMA.
-__device__ __forceinline__ void unpack_slab(const u32* w, u32* t) {
-#if BITS == 4
-#pragma unroll
-    for (int j = 0; j < 4; j++) {
-        u32 v = w[j], v2 = w[j] >> 8;
-        t[4 * j + 0] = (v & 0x000F000Fu) | 0x64006400u;
-        t[4 * j + 1] = (v & 0x00F000F0u) | 0x64006400u;
-        t[4 * j + 2] = (v2 & 0x000F000Fu) | 0x64006400u;
-        t[4 * j + 3] = (v2 & 0x00F000F0u) | 0x64006400u;
-    }
-#elif BITS == 8
-#pragma unroll
-    for (int j = 0; j < 8; j++) {
-        t[2 * j + 0] = (w[j] & 0x00FF00FFu) | 0x64006400u;
-        t[2 * j + 1] = ((w[j] >> 8) & 0x00FF00FFu) | 0x64006400u;
-    }
-#else
-#pragma unroll
-    for (int j = 0; j < 3; j++) {
-#pragma unroll
-        for (int i = 0; i < 5; i++) t[5 * j + i] = ((w[j] >> (3 * i)) & 0x00070007u) | 0x64006400u;
-    }
-    t[15] = ((w[0] >> 15) & 0x00010001u) | ((w[1] >> 14) & 0x00020002u) | ((w[2] >> 13) & 0x00040004u) |
-            0x64006400u;
-#endif
-}
-
 __device__ __forceinline__ u32 comp(const uint4& v, int c) {
     return c == 0 ? v.x : c == 1 ? v.y : c == 2 ? v.z : v.w;
 }
@@ -86,15 +57,45 @@ __device__ __forceinline__ u32 comp(const uint4& v, int c) {
 // it, so it is read straight from global memory (the same 16 bytes for the whole warp, an L1
 // broadcast) with no staging or barrier before the math; x pairs are read once per word and
 // reused for the 4 columns; each column has two fp16 accumulators (8 independent FMA chains).
-extern "C" __global__ void __launch_bounds__(256) gptq_gemv(
+// Where RESID 2 (the q|k|v product of one row) puts its rotated outputs, as qkv_rope.
+struct RopeArgs {
+    const int* pos;         // [1]
+    const int* seq;         // [1]
+    const float* cos;       // [max_pos][hd / 2]
+    const float* sin;
+    float* q;               // [NH][hd]
+    u16* kc;                // [pages][page][NKV][hd]
+    u16* vc;
+    const int* table;       // [seqs][max_pages]
+    int max_pages, nh, nkv, hd, page;
+};
+
+// RESID 1: the variant with the residual add at the end (see there). One row, 64-row chunks:
+// asked for 4 blocks of 256 threads per SM (at most 64 registers; a few bytes spill outside the
+// main loop), which the plain variant got by itself before the residual add and the LOP3
+// unpacking (those take 70-76 registers and would drop it to 3 blocks per SM).
+#ifndef RESID
+#define RESID 0
+#endif
+#if NB == 1 && BITS != 8 && KW == 64 && (RESID || LOP3)
+#define GEMV_BOUNDS __launch_bounds__(256, 4)
+#else
+#define GEMV_BOUNDS __launch_bounds__(256)
+#endif
+extern "C" __global__ void GEMV_BOUNDS gptq_gemv(
     const uint4* __restrict__ qw,    // [K / 32 * BITS][N / 4]
     const u16* __restrict__ scales,  // [G][N]
     const u8* __restrict__ zeros,    // [G][N] or null
     const u32* __restrict__ x,       // [nseg][NB][K / 2] fp16 pairs: sorted rows, in pair_map order (xpos)
     float* __restrict__ out,         // [gridDim.y][NB][N]
     int K, int N, int group_size,
-    int n1, int n2, int xseg) {      // columns >= n1 (>= n2) read x segment 1 (2), xseg u32 apart
+    int n1, int n2, int xseg,        // columns >= n1 (>= n2) read x segment 1 (2), xseg u32 apart
+    float* __restrict__ resid,       // [NB][N] residual stream, or null (see the end)
+    float* __restrict__ ss,          // [NB][gridDim.x] sums of squares for the next RMSNorm
+    unsigned* __restrict__ counters,  // [gridDim.x], zero between launches
+    const RopeArgs rope) {            // RESID 2 only
     __shared__ float red[8][NB][128];
+    pdl_launch();
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int kb0 = blockIdx.y * KB;
     const int c0 = blockIdx.x * 128 + lane * 4;
@@ -124,6 +125,8 @@ extern "C" __global__ void __launch_bounds__(256) gptq_gemv(
             zz[f] = zeros ? *(const u32*)(zeros + (size_t)g * N + c0) : (1u << (BITS - 1)) * 0x01010101u;
         }
     }
+    // The weights are on their way; x (and the output buffer) belong to the kernels before.
+    pdl_wait();
 
     float res[NB][4];
 #pragma unroll
@@ -137,6 +140,8 @@ extern "C" __global__ void __launch_bounds__(256) gptq_gemv(
             u32 zlo[4];
 #if BITS == 4
             u32 zhi[4];
+#elif BITS == 3
+            u32 z8[4], z64[4];
 #endif
             float s[4];
 #pragma unroll
@@ -146,6 +151,10 @@ extern "C" __global__ void __launch_bounds__(256) gptq_gemv(
 #if BITS == 4
                 const u16 zh = f2h(-(64.f + (float)z));
                 zhi[c] = pack2(zh, zh);
+#elif BITS == 3
+                const u16 a8 = f2h(-(128.f + (float)z)), a64 = f2h(-(16.f + (float)z));
+                z8[c] = pack2(a8, a8);
+                z64[c] = pack2(a64, a64);
 #endif
                 s[c] = h2f((u16)((c < 2 ? sc[f].x : sc[f].y) >> (16 * (c & 1))));
             }
@@ -169,15 +178,34 @@ extern "C" __global__ void __launch_bounds__(256) gptq_gemv(
 #if BITS == 3
 #pragma unroll
                 for (int c = 0; c < 4; c++) {
-                    u32 wd[3], t[16];
+                    // Fields 1, 2 (and 4) are masked in place, not shifted down: 1024 + 8q (64q)
+                    // scaled by 1/8 (1/64) in the zero-point FMA, exactly (as 4-bit's odd pairs).
+                    u32 wd[3], q[16];
+                    const u32 E = 0x64006400u;
 #pragma unroll
-                    for (int j = 0; j < 3; j++) wd[j] = comp(w[s2 * 3 + j], c);
-                    unpack_slab(wd, t);
+                    for (int j = 0; j < 3; j++) {
+                        const u32 v = comp(w[s2 * 3 + j], c), v9 = v >> 9;
+                        wd[j] = v;
+                        q[5 * j + 0] = hsub2(and_or(v, 0x00070007u, E), zlo[c]);
+                        q[5 * j + 1] = hfma2(and_or(v, 0x00380038u, E), 0x30003000u /* 1/8 */, z8[c]);
+                        q[5 * j + 2] = hfma2(and_or(v, 0x01C001C0u, E), 0x24002400u /* 1/64 */, z64[c]);
+                        q[5 * j + 3] = hsub2(and_or(v9, 0x00070007u, E), zlo[c]);
+                        q[5 * j + 4] = hfma2(and_or(v9, 0x00380038u, E), 0x30003000u, z8[c]);
+                    }
+                    q[15] = hsub2(((wd[0] >> 15) & 0x00010001u) | ((wd[1] >> 14) & 0x00020002u) |
+                                      ((wd[2] >> 13) & 0x00040004u) | E,
+                                  zlo[c]);
 #pragma unroll
-                    for (int p = 0; p < 16; p++) {
-                        const u32 q = hsub2(t[p], zlo[c]);
+                    for (int p4 = 0; p4 < 4; p4++) {
 #pragma unroll
-                        for (int b = 0; b < NB; b++) acc[b][c][p & 1] = hfma2(q, __ldg(x + (size_t)b * (K / 2) + xbase + p), acc[b][c][p & 1]);
+                        for (int b = 0; b < NB; b++) {
+                            // x pairs 4 at a time (the slab's 16 pairs are 64-byte aligned).
+                            const uint4 xv = __ldg((const uint4*)(x + (size_t)b * (K / 2) + xbase + 4 * p4));
+                            acc[b][c][0] = hfma2(q[4 * p4 + 0], xv.x, acc[b][c][0]);
+                            acc[b][c][1] = hfma2(q[4 * p4 + 1], xv.y, acc[b][c][1]);
+                            acc[b][c][0] = hfma2(q[4 * p4 + 2], xv.z, acc[b][c][0]);
+                            acc[b][c][1] = hfma2(q[4 * p4 + 3], xv.w, acc[b][c][1]);
+                        }
                     }
                 }
 #elif BITS == 4
@@ -188,11 +216,11 @@ extern "C" __global__ void __launch_bounds__(256) gptq_gemv(
                     for (int b = 0; b < NB; b++) xv[b] = __ldg((const uint4*)(x + (size_t)b * (K / 2) + xbase + 4 * j));
 #pragma unroll
                     for (int c = 0; c < 4; c++) {
-                        const u32 v = comp(w[s2 * 4 + j], c), v2 = v >> 8;
-                        const u32 q0 = hsub2((v & 0x000F000Fu) | 0x64006400u, zlo[c]);
-                        const u32 q1 = hfma2((v & 0x00F000F0u) | 0x64006400u, 0x2C002C00u /* 1/16 */, zhi[c]);
-                        const u32 q2 = hsub2((v2 & 0x000F000Fu) | 0x64006400u, zlo[c]);
-                        const u32 q3 = hfma2((v2 & 0x00F000F0u) | 0x64006400u, 0x2C002C00u, zhi[c]);
+                        const u32 v = comp(w[s2 * 4 + j], c), v2 = v >> 8, E = 0x64006400u;
+                        const u32 q0 = hsub2(and_or(v, 0x000F000Fu, E), zlo[c]);
+                        const u32 q1 = hfma2(and_or(v, 0x00F000F0u, E), 0x2C002C00u /* 1/16 */, zhi[c]);
+                        const u32 q2 = hsub2(and_or(v2, 0x000F000Fu, E), zlo[c]);
+                        const u32 q3 = hfma2(and_or(v2, 0x00F000F0u, E), 0x2C002C00u, zhi[c]);
 #pragma unroll
                         for (int b = 0; b < NB; b++) {
                             acc[b][c][0] = hfma2(q0, xv[b].x, acc[b][c][0]);
@@ -255,6 +283,95 @@ extern "C" __global__ void __launch_bounds__(256) gptq_gemv(
         for (int w2 = 0; w2 < 8; w2++) v += red[w2][b][cc];
         if (n < N) out[((size_t)blockIdx.y * NB + b) * N + n] = v;
     }
+#if RESID == 1
+    if (resid) {
+        // Split-K reduction inside the kernel (decode products whose output goes into the
+        // residual stream): the last block of each 128-column tile to finish adds every split's
+        // partial sums to resid (threads 0..127 the even splits, 128..255 the odd ones, in split
+        // order: deterministic) and writes the tile's sum of squares of the new residual, so
+        // add_partials (one more kernel and its dependency wait) disappears before the RMSNorm.
+        __shared__ unsigned is_last;
+        __shared__ float odd[128];
+        __threadfence();
+        __syncthreads();
+        if (tid == 0) is_last = atomicAdd(counters + blockIdx.x, 1u) == gridDim.y - 1;
+        __syncthreads();
+        if (is_last) {
+            __threadfence();
+            const int cc = tid & 127, half = tid >> 7, n = blockIdx.x * 128 + cc;
+            const int S = gridDim.y;
+            for (int b = 0; b < NB; b++) {
+                float v = 0.f;
+                if (n < N) {
+#pragma unroll 4
+                    for (int sp = half; sp < S; sp += 2) v += __ldcg(out + ((size_t)sp * NB + b) * N + n);
+                }
+                if (half) odd[cc] = v;
+                __syncthreads();
+                float sq = 0.f;
+                if (!half && n < N) {
+                    v = resid[(size_t)b * N + n] + (v + odd[cc]);
+                    resid[(size_t)b * N + n] = v;
+                    sq = v * v;
+                }
+                const float t = block_sum(sq, &red[0][0][0]);
+                if (tid == 0) ss[(size_t)b * gridDim.x + blockIdx.x] = t;
+            }
+            if (tid == 0) counters[blockIdx.x] = 0u;
+        }
+    }
+#endif
+#if RESID == 2 && NB == 1
+    {
+        // qkv_rope folded in (one row): the last block of each 128-column tile (one head of 128
+        // or two of 64) sums the splits (even / odd halves, deterministic), rotates q and k
+        // (rotate-half RoPE) and writes q in f32 and k, v into the paged cache, as qkv_rope.
+        __shared__ unsigned is_last;
+        __shared__ float odd[128], val[128];
+        __threadfence();
+        __syncthreads();
+        if (tid == 0) is_last = atomicAdd(counters + blockIdx.x, 1u) == gridDim.y - 1;
+        __syncthreads();
+        if (is_last) {
+            __threadfence();
+            const int cc = tid & 127, half = tid >> 7, n = blockIdx.x * 128 + cc;
+            const int S = gridDim.y;
+            float v = 0.f;
+            if (n < N) {
+#pragma unroll 4
+                for (int sp = half; sp < S; sp += 2) v += __ldcg(out + (size_t)sp * N + n);
+            }
+            if (half) odd[cc] = v;
+            __syncthreads();
+            if (!half) val[cc] = v + odd[cc];
+            __syncthreads();
+            const int hd = rope.hd, h2 = hd / 2, head = n / hd, i = n % hd;
+            if (!half && n < N && i < h2) {
+                float x0 = val[cc], x1 = val[cc + h2];
+                const int ps = rope.pos[0];
+                if (head < rope.nh + rope.nkv) {
+                    const float cs = rope.cos[(size_t)ps * h2 + i], sn = rope.sin[(size_t)ps * h2 + i];
+                    const float y0 = x0 * cs - x1 * sn, y1 = x1 * cs + x0 * sn;
+                    x0 = y0;
+                    x1 = y1;
+                }
+                if (head < rope.nh) {
+                    rope.q[(size_t)head * hd + i] = x0;
+                    rope.q[(size_t)head * hd + i + h2] = x1;
+                } else {
+                    const bool isk = head < rope.nh + rope.nkv;
+                    const int kvh = isk ? head - rope.nh : head - rope.nh - rope.nkv;
+                    const int page = rope.table[(size_t)rope.seq[0] * rope.max_pages + ps / rope.page];
+                    const size_t slot = (((size_t)page * rope.page + ps % rope.page) * rope.nkv + kvh) * hd;
+                    u16* dst = isk ? rope.kc : rope.vc;
+                    dst[slot + i] = f2h(x0);
+                    dst[slot + i + h2] = f2h(x1);
+                }
+            }
+            if (tid == 0) counters[blockIdx.x] = 0u;
+        }
+    }
+#endif
 }
 
 // The code of slab position k (0..31) from the slab's BITS words.
@@ -271,14 +388,15 @@ __device__ __forceinline__ u32 slab_code(const u32* w, int k) {
 #endif
 }
 
-// W16[perm[k]][n] = scale * (q - zero): rows back in the checkpoint's original order (so the
-// prefill GEMM needs no activation gather), perm per column segment (see gptq_gemv);
-// grid (ceil(N / 256), K / 32).
+// W16[perm[k]][n - col0] = scale * (q - zero) for columns col0 <= n < col0 + ncols (a [K][ncols]
+// slice): rows back in the checkpoint's original order (so the prefill GEMM needs no activation
+// gather), perm per column segment (see gptq_gemv); grid (ceil(ncols / 256), K / 32).
 extern "C" __global__ void gptq_dequant(const u32* __restrict__ qw, const u16* __restrict__ scales,
                                         const u8* __restrict__ zeros, u16* __restrict__ w16, int K, int N,
-                                        int group_size, const int* __restrict__ perm, int n1, int n2) {
-    int n = blockIdx.x * 256 + threadIdx.x, s = blockIdx.y;
-    if (n >= N) return;
+                                        int group_size, const int* __restrict__ perm, int n1, int n2, int col0,
+                                        int ncols) {
+    int c = blockIdx.x * 256 + threadIdx.x, s = blockIdx.y, n = col0 + c;
+    if (c >= ncols) return;
     u32 w[BITS];
 #pragma unroll
     for (int j = 0; j < BITS; j++) w[j] = qw[(size_t)(s * BITS + j) * N + n];
@@ -289,7 +407,7 @@ extern "C" __global__ void gptq_dequant(const u32* __restrict__ qw, const u16* _
 #pragma unroll
     for (int k = 0; k < 32; k++) {
         int row = pm ? pm[s * 32 + k] : s * 32 + k;
-        w16[(size_t)row * N + n] = f2h(sc * ((float)slab_code(w, k) - z));
+        w16[(size_t)row * ncols + c] = f2h(sc * ((float)slab_code(w, k) - z));
     }
 }
 
@@ -388,22 +506,18 @@ __device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
     asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
     return d;
 }
-__device__ __forceinline__ void mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-    // Not volatile: the compiler may interleave independent mmas to hide their latency.
-    asm(
-        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-        "{%0,%1,%2,%3};"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
 extern "C" __global__ void __launch_bounds__(128, TCB) gptq_gemm_tc(
     const u32* __restrict__ qw, const u16* __restrict__ scales, const u8* __restrict__ zeros,
     const u32* __restrict__ x,  // [nseg][rows][K / 2] pairs, xpos order
     float* __restrict__ out, int K, int N, int group_size, int rows, int n1, int n2, int xseg, int kch) {
+    pdl_launch();
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const int g = lane >> 2, t = lane & 3;
     const int cb = blockIdx.x * 256 + warp * 64;
-    if (cb >= N) return;
+    if (cb >= N) {
+        pdl_wait();
+        return;
+    }
     x += (size_t)((cb >= n1) + (cb >= n2)) * xseg;  // segment bounds are multiples of 64
     const int s0 = blockIdx.y * (kch >> 5), s1 = min(K >> 5, s0 + (kch >> 5));
     float acc[4][NT][4];
@@ -424,6 +538,7 @@ extern "C" __global__ void __launch_bounds__(128, TCB) gptq_gemm_tc(
 #pragma unroll
     for (int nt = 0; nt < NT; nt++) xr[nt] = x + (size_t)min(nt * 8 + g, rows - 1) * (K / 2) + 4 * t;
 
+    if (s0 >= s1) pdl_wait();
     for (int sb = s0; sb < s1; sb += TCU) {
         u32 w[TCU][8];
 #pragma unroll
@@ -431,6 +546,7 @@ extern "C" __global__ void __launch_bounds__(128, TCB) gptq_gemm_tc(
 #pragma unroll
             for (int i = 0; i < 8; i++)
                 w[u][i] = (sb + u < s1 && ok[i]) ? __ldg(qw + (size_t)((sb + u) * 4 + t) * N + col[i]) : 0u;
+        if (sb == s0) pdl_wait();  // the first weights are on their way; x is the previous kernel's
 #pragma unroll
         for (int u = 0; u < TCU; u++) {
             const int s = sb + u;
