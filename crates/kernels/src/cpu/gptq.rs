@@ -1,5 +1,6 @@
-//! GPTQ weights repacked for the CPU, and their matrix products with 8-bit activations
-//! (portable, AVX2, AVX-512 VNNI; chosen at run time).
+//! GPTQ weights repacked for the CPU, and their matrix products: 2-4-bit weights against
+//! 8-bit activations (portable, AVX2, AVX-512 VNNI; chosen at run time), 8-bit weights against
+//! f32 activations.
 //!
 //! A checkpoint's `qweight` packs input rows of each output column together, and with
 //! act-order consecutive inputs belong to scattered groups. At load time [`repack`] turns each
@@ -422,7 +423,7 @@ fn pick_kernels(format: GptqFormat, feat: Features) -> Kernels {
                 2 => simd!($m, 2),
                 3 => simd!($m, 3),
                 4 => simd!($m, 4),
-                _ => simd!($m, 8),
+                _ => unreachable!("8-bit weights run against f32 activations"),
             }
         };
     }
@@ -452,7 +453,7 @@ fn pick_kernels(format: GptqFormat, feat: Features) -> Kernels {
         2 => portable!(2),
         3 => portable!(3),
         4 => portable!(4),
-        _ => portable!(8),
+        _ => unreachable!("8-bit weights run against f32 activations"),
     }
 }
 
@@ -487,7 +488,7 @@ macro_rules! gptq_kernels {
         }
 
         /// 32 codes of `BITS` bits from the block at `b` (past its 4 header bytes), as
-        /// unsigned bytes (8 bits: signed, code - 128).
+        /// unsigned bytes (2 to 4 bits; 8-bit weights run against f32 activations).
         #[target_feature(enable = $features)]
         #[inline]
         unsafe fn unpack<const BITS: u32>(p: *const u8) -> __m256i {
@@ -516,7 +517,7 @@ macro_rules! gptq_kernels {
                     let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
                     _mm256_set_m128i(hi, lo)
                 }
-                _ => _mm256_loadu_si256(p as *const __m256i),
+                _ => unreachable!("{BITS}-bit codes take no integer kernel"),
             }
         }
 
@@ -538,15 +539,11 @@ macro_rules! gptq_kernels {
                     let s = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits16 as i32)));
                     let z = (b.add(2) as *const i16).read_unaligned() as f32;
                     let w = unpack::<BITS>(b.add(4));
-                    // 8-bit codes are signed: move their sign onto the activations so that
-                    // the products keep one unsigned operand.
-                    let w_u = if BITS == 8 { _mm256_sign_epi8(w, w) } else { w };
                     for n in 0..N {
                         let xb = xs[n].get_unchecked(i);
                         let x = _mm256_loadu_si256(xb.qs.as_ptr() as *const __m256i);
-                        let x = if BITS == 8 { _mm256_sign_epi8(x, w) } else { x };
                         let sd = s * xb.d;
-                        let p = _mm256_cvtepi32_ps($dot(w_u, x));
+                        let p = _mm256_cvtepi32_ps($dot(w, x));
                         acc[r][n] = _mm256_fmadd_ps(_mm256_set1_ps(sd), p, acc[r][n]);
                         offs[r][n] += sd * z * xb.isum as f32;
                     }
