@@ -664,8 +664,7 @@ pub fn score(logits: &[f32], id: u32, want: bool, top_n: usize) -> Scored {
             top: Vec::new(),
         };
     }
-    let max = logits.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
-    let log_sum = max + logits.iter().map(|&x| (x - max).exp()).sum::<f32>().ln();
+    let log_sum = kernels::cpu::ops::log_sum_exp(logits);
     let logprob = logits
         .get(id as usize)
         .map(|&x| x - log_sum)

@@ -103,6 +103,34 @@ fn softmax_body(x: &mut [f32]) {
     }
 }
 
+/// `ln(sum(e^x))`, the normalizer of a log-softmax (a token's log-probability is its logit
+/// minus this), in one vectorized pass over the row after the max; -inf for an empty row.
+pub fn log_sum_exp(x: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if super::Features::get().avx2_fma {
+        // SAFETY: the CPU has AVX2 and FMA.
+        return unsafe { avx2::log_sum_exp(x) };
+    }
+    log_sum_exp_body(x)
+}
+
+#[inline(always)]
+fn log_sum_exp_body(x: &[f32]) -> f32 {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+    if !max.is_finite() {
+        return max;
+    }
+    let mut part = [0f32; 8];
+    let mut chunks = x.chunks_exact(8);
+    for c in &mut chunks {
+        for (p, v) in part.iter_mut().zip(c) {
+            *p += exp(v - max);
+        }
+    }
+    let tail: f32 = chunks.remainder().iter().map(|v| exp(v - max)).sum();
+    max + (part.iter().sum::<f32>() + tail).ln()
+}
+
 /// The bodies above compiled with AVX2 and FMA, so that their loops (with [`exp`] inlined)
 /// become 8-wide.
 #[cfg(target_arch = "x86_64")]
@@ -115,6 +143,11 @@ mod avx2 {
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn softmax(x: &mut [f32]) {
         super::softmax_body(x)
+    }
+
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn log_sum_exp(x: &[f32]) -> f32 {
+        super::log_sum_exp_body(x)
     }
 }
 
@@ -225,6 +258,24 @@ mod tests {
                 "{p} vs {want}"
             );
         }
+    }
+
+    #[test]
+    fn log_sum_exp_matches_f64() {
+        for n in [1usize, 7, 8, 49152] {
+            let x: Vec<f32> = (0..n)
+                .map(|i| ((i * 7919) % 1000) as f32 * 0.03 - 12.0)
+                .collect();
+            let m = x.iter().fold(f64::MIN, |a, &b| a.max(b as f64));
+            let want = m + x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+            let got = log_sum_exp(&x) as f64;
+            assert!(
+                (got - want).abs() < 1e-5 * want.abs().max(1.0),
+                "{n}: {got} vs {want}"
+            );
+        }
+        assert_eq!(log_sum_exp(&[]), f32::NEG_INFINITY);
+        assert_eq!(log_sum_exp(&[f32::NEG_INFINITY; 3]), f32::NEG_INFINITY);
     }
 
     #[test]
