@@ -4,7 +4,7 @@
 use crate::driver::{Buf, Gpu};
 use anyhow::{bail, Result};
 
-const COMMON: &str = include_str!("kernels/common.cuh");
+pub(crate) const COMMON: &str = include_str!("kernels/common.cuh");
 const GPTQ_CU: &str = include_str!("kernels/gptq.cu");
 const LLAMA_CU: &str = include_str!("kernels/llama.cu");
 

@@ -10,6 +10,7 @@ pub mod gptq;
 pub mod kernels;
 pub mod llama;
 pub mod load;
+pub mod sample;
 pub mod serve;
 
 pub use driver::{driver_present, Gpu};
@@ -41,6 +42,7 @@ mod tests {
                 let src = format!("#define BITS 4\n#define NT {nt}\n{gptq}");
                 driver::compile("gptq", &src, arch).unwrap_or_else(|e| panic!("{e:#}"));
             }
+            driver::compile("sample", &sample::source(), arch).unwrap_or_else(|e| panic!("{e:#}"));
             for (hd, gqa) in [(128, 8), (64, 3)] {
                 let src = format!("#define HD {hd}\n#define GQA {gqa}\n{llama}");
                 driver::compile("llama", &src, arch).unwrap_or_else(|e| panic!("{e:#}"));

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod config;
 pub mod convert;
 pub mod generate;
+pub mod huge_pages;
 pub mod grammar;
 pub mod kv_cache;
 pub mod llama;
@@ -12,7 +13,7 @@ pub mod load;
 pub mod sampler;
 pub mod weights;
 
-pub use backend::Forward;
+pub use backend::{Forward, SampleRow, Sampled};
 pub use config::ModelConfig;
 pub use kv_cache::{KvCache, SeqId};
 pub use llama::{BatchToken, ForwardError, Llama};

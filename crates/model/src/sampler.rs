@@ -106,11 +106,36 @@ impl Sampler {
     /// Applies the penalties to `logits` in place, then picks a token. `context` is every token
     /// the sequence has so far (prompt and generated); `generated` only the generated ones.
     pub fn sample(&mut self, logits: &mut [f32], context: &[u32], generated: &[u32]) -> u32 {
+        let uniform = if self.params.do_sample {
+            self.next_uniform()
+        } else {
+            0.0
+        };
+        self.sample_with(logits, context, generated, uniform)
+    }
+
+    /// The request's next uniform number in [0, 1): what `sample` draws for each sampled token
+    /// (greedy tokens draw none). A device backend that samples (`Forward::forward_sampled`)
+    /// gets it from here, so a seed gives the same stream of draws on every backend.
+    pub fn next_uniform(&mut self) -> f32 {
+        self.rng.next_f64() as f32
+    }
+
+    /// `sample` with its draw given: `uniform` picks the token by inverse CDF over the
+    /// filtered candidates (ignored when greedy). The reference a device sampler is checked
+    /// against.
+    pub fn sample_with(
+        &mut self,
+        logits: &mut [f32],
+        context: &[u32],
+        generated: &[u32],
+        uniform: f32,
+    ) -> u32 {
         self.apply_penalties(logits, context, generated);
         if !self.params.do_sample {
             return argmax(logits);
         }
-        self.filter_and_draw(logits)
+        self.filter_and_draw(logits, uniform)
     }
 
     fn apply_penalties(&self, logits: &mut [f32], context: &[u32], generated: &[u32]) {
@@ -143,9 +168,8 @@ impl Sampler {
         }
     }
 
-    fn filter_and_draw(&mut self, logits: &[f32]) -> u32 {
+    fn filter_and_draw(&mut self, logits: &[f32], r: f32) -> u32 {
         self.filter(logits);
-        let r = self.rng.next_f64() as f32;
         let mut acc = 0f32;
         for c in self.candidates.iter() {
             acc += c.1;

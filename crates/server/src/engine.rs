@@ -13,7 +13,7 @@ use crate::metrics::Metrics;
 use model::generate::FinishReason;
 use model::grammar::JsonConstraint;
 use model::kv_cache::BLOCK_TOKENS;
-use model::{BatchToken, Forward, KvCache, Sampler, SamplingParams, SeqId};
+use model::{BatchToken, Forward, KvCache, SampleRow, Sampled, Sampler, SamplingParams, SeqId};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender, TryRecvError};
@@ -522,19 +522,53 @@ impl Engine {
             budget -= n;
         }
         let sequences = advance.iter().filter(|&&a| a > 0).count();
-        let mut logits = match self.model.forward(&batch, &mut self.cache, &self.pool) {
-            Ok(l) => l,
+        let planned = device_rows(self.model.device_top_n(), &mut self.running, &rows);
+        let on_device: Vec<bool> = match &planned {
+            Some(p) => p.iter().map(Option::is_some).collect(),
+            None => vec![false; rows.len()],
+        };
+        let result = match &planned {
+            Some(specs) => self
+                .model
+                .forward_sampled(&batch, &mut self.cache, &self.pool, specs),
+            None => self
+                .model
+                .forward(&batch, &mut self.cache, &self.pool)
+                .map(|l| (l, Vec::new())),
+        };
+        drop(planned);
+        let n_vocab = self.model.config().n_vocab;
+        let (mut logits, sampled) = match result {
+            Ok((l, s)) if s.len() == on_device.iter().filter(|&&d| d).count() => (l, s),
+            Ok((_, s)) => {
+                self.fail_all(&format!(
+                    "the forward pass sampled {} rows, not the {} asked",
+                    s.len(),
+                    on_device.iter().filter(|&&d| d).count()
+                ));
+                return;
+            }
             Err(e) => {
                 tracing::error!(error = %e, batch = batch.len(), "forward pass failed");
                 self.fail_all(&format!("the forward pass failed: {e}"));
                 return;
             }
         };
-        let n_vocab = self.model.config().n_vocab;
         for (i, a) in advance.iter().enumerate() {
             self.running[i].fed += a;
         }
-        for (row, logits) in rows.iter().zip(logits.chunks_exact_mut(n_vocab.max(1))) {
+        let mut logit_rows = logits.chunks_exact_mut(n_vocab.max(1));
+        let mut sampled = sampled.into_iter();
+        for (row, device) in rows.iter().zip(on_device) {
+            if let (Row::Sample(i), true) = (row, device) {
+                if let Some(s) = sampled.next() {
+                    self.take_sampled(*i, s);
+                }
+                continue;
+            }
+            let Some(logits) = logit_rows.next() else {
+                break;
+            };
             match *row {
                 Row::Prompt(i, pos) => {
                     let r = &mut self.running[i];
@@ -561,21 +595,10 @@ impl Engine {
 
     /// Picks the next token of running sequence `i` from its logits row and sends it.
     fn sample(&mut self, i: usize, logits: &mut [f32]) {
-        let max_context = self.model.config().max_context;
-        let r = &mut self.running[i];
-        if r.generated == 0 && r.req.prompt_logprobs {
-            // Kept (not taken): a later request may reuse this sequence and its scores.
-            let scores = r.prompt_scores.clone();
-            if r.req.events.send(Event::Prompt(scores)).is_err() {
-                r.done = true;
-                return;
-            }
-        }
-        if r.req.max_new_tokens == 0 {
-            let _ = r.req.events.send(Event::Finished(FinishReason::Length));
-            r.done = true;
+        if !self.before_token(i) {
             return;
         }
+        let r = &mut self.running[i];
         if let Some(c) = &r.req.constraint {
             c.mask(logits);
         }
@@ -586,6 +609,58 @@ impl Engine {
             c.advance(id);
         }
         let token = score(logits, id, r.req.logprobs, r.req.top_n);
+        self.push_token(i, token);
+    }
+
+    /// Sends the token the device sampled for running sequence `i` (see `device_rows`), scored
+    /// as `score` would have on the host.
+    fn take_sampled(&mut self, i: usize, s: Sampled) {
+        if !self.before_token(i) {
+            return;
+        }
+        let req = &self.running[i].req;
+        let token = Scored {
+            id: s.id,
+            logprob: if req.logprobs || req.top_n > 0 {
+                s.logprob
+            } else {
+                f32::NAN
+            },
+            top: s
+                .top
+                .into_iter()
+                .take(req.top_n)
+                .map(|(id, logprob)| TokenLogprob { id, logprob })
+                .collect(),
+        };
+        self.push_token(i, token);
+    }
+
+    /// Before the first token, sends the prompt's scores (when asked); ends a request that
+    /// wants no token. False when the sequence is done.
+    fn before_token(&mut self, i: usize) -> bool {
+        let r = &mut self.running[i];
+        if r.generated == 0 && r.req.prompt_logprobs {
+            // Kept (not taken): a later request may reuse this sequence and its scores.
+            let scores = r.prompt_scores.clone();
+            if r.req.events.send(Event::Prompt(scores)).is_err() {
+                r.done = true;
+                return false;
+            }
+        }
+        if r.req.max_new_tokens == 0 {
+            let _ = r.req.events.send(Event::Finished(FinishReason::Length));
+            r.done = true;
+            return false;
+        }
+        true
+    }
+
+    /// Appends a picked token to sequence `i` and sends it, with its finish reason if last.
+    fn push_token(&mut self, i: usize, token: Scored) {
+        let max_context = self.model.config().max_context;
+        let r = &mut self.running[i];
+        let id = token.id;
         r.tokens.push(id);
         r.generated += 1;
         self.metrics.generated_tokens.add(1);
@@ -655,6 +730,56 @@ impl Engine {
     }
 }
 
+/// The step's rows the backend samples on its device (`Forward::forward_sampled`), one entry per
+/// row of `rows`; None when the backend cannot or no row qualifies. A row qualifies unless its
+/// request needs the logits on the host (a grammar constraint masks them; more alternatives
+/// than the device returns) or takes no token (max_new_tokens 0). The uniform draw of each
+/// sampled row is taken from its sampler here, as `Sampler::sample` would take it.
+fn device_rows<'a>(
+    top_n_max: Option<usize>,
+    running: &'a mut [Running],
+    rows: &[Row],
+) -> Option<Vec<Option<SampleRow<'a>>>> {
+    let max = top_n_max?;
+    let on =
+        |r: &Running| r.req.constraint.is_none() && r.req.max_new_tokens > 0 && r.req.top_n <= max;
+    let qualifies = |row: &Row, running: &[Running]| match *row {
+        Row::Sample(i) => on(&running[i]),
+        Row::Prompt(..) => false,
+    };
+    if !rows.iter().any(|row| qualifies(row, running)) {
+        return None;
+    }
+    let mut uniforms = vec![0f32; rows.len()];
+    for (u, row) in uniforms.iter_mut().zip(rows) {
+        if let (Row::Sample(i), true) = (row, qualifies(row, running)) {
+            let sampler = &mut running[*i].sampler;
+            if sampler.params.do_sample {
+                *u = sampler.next_uniform();
+            }
+        }
+    }
+    let running: &'a [Running] = running;
+    Some(
+        rows.iter()
+            .zip(uniforms)
+            .map(|(row, uniform)| match *row {
+                Row::Sample(i) if on(&running[i]) => {
+                    let r = &running[i];
+                    Some(SampleRow {
+                        params: &r.sampler.params,
+                        uniform,
+                        context: &r.tokens,
+                        generated: &r.tokens[r.prompt_len..],
+                        top_n: r.req.top_n,
+                    })
+                }
+                _ => None,
+            })
+            .collect(),
+    )
+}
+
 /// The log-probability of `id` under `logits` (when `want`) and the `top_n` most likely tokens.
 pub fn score(logits: &[f32], id: u32, want: bool, top_n: usize) -> Scored {
     if !want && top_n == 0 {
@@ -696,6 +821,202 @@ pub fn score(logits: &[f32], id: u32, want: bool, top_n: usize) -> Scored {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use kernels::cpu::ThreadPool;
+    use model::{ForwardError, Llama, ModelConfig};
+    use std::sync::atomic::AtomicUsize;
+
+    /// A model whose logits are a fixed function of (token, position), sampling on its
+    /// "device" with the CPU sampler's own code when `device` is set.
+    struct Mock {
+        config: ModelConfig,
+        device: bool,
+        device_rows: Arc<AtomicUsize>,
+    }
+
+    const MOCK_TOP_N: usize = 4;
+
+    impl Mock {
+        fn new(device: bool, device_rows: Arc<AtomicUsize>) -> Mock {
+            let config = ModelConfig {
+                architecture: "llama".into(),
+                n_layers: 1,
+                hidden: 8,
+                intermediate: 8,
+                n_heads: 1,
+                n_kv_heads: 1,
+                head_dim: 8,
+                n_vocab: 50,
+                max_context: 256,
+                rope_theta: 1e4,
+                rope_dims: 8,
+                rope_style: kernels::cpu::ops::RopeStyle::Halves,
+                rms_eps: 1e-5,
+                tie_embeddings: false,
+            };
+            Mock {
+                config,
+                device,
+                device_rows,
+            }
+        }
+    }
+
+    impl Forward for Mock {
+        fn config(&self) -> &ModelConfig {
+            &self.config
+        }
+        fn new_cache(&self, max_tokens: usize) -> KvCache {
+            KvCache::pages_only(max_tokens)
+        }
+        fn forward(
+            &mut self,
+            batch: &[BatchToken],
+            cache: &mut KvCache,
+            _pool: &ThreadPool,
+        ) -> Result<Vec<f32>, ForwardError> {
+            Llama::check_and_reserve(&self.config, batch, cache)?;
+            let mut out = Vec::new();
+            for t in batch.iter().filter(|t| t.logits) {
+                let mut x = (t.token as u64 + 1) * 0x9E37_79B9 + t.pos as u64 * 0x85EB_CA6B;
+                for _ in 0..self.config.n_vocab {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    // A coarse grid, so that ties occur.
+                    out.push(((x % 25) as f32 - 12.0) * 0.25);
+                }
+            }
+            Ok(out)
+        }
+        fn device_top_n(&self) -> Option<usize> {
+            self.device.then_some(MOCK_TOP_N)
+        }
+        fn forward_sampled(
+            &mut self,
+            batch: &[BatchToken],
+            cache: &mut KvCache,
+            pool: &ThreadPool,
+            rows: &[Option<SampleRow>],
+        ) -> Result<(Vec<f32>, Vec<Sampled>), ForwardError> {
+            let logits = self.forward(batch, cache, pool)?;
+            let (mut out, mut sampled) = (Vec::new(), Vec::new());
+            for (l, row) in logits.chunks(self.config.n_vocab).zip(rows) {
+                let Some(row) = row else {
+                    out.extend_from_slice(l);
+                    continue;
+                };
+                assert!(row.top_n <= MOCK_TOP_N);
+                self.device_rows.fetch_add(1, Ordering::SeqCst);
+                let mut l = l.to_vec();
+                let mut sampler = Sampler::new(row.params.clone());
+                let id = sampler.sample_with(&mut l, row.context, row.generated, row.uniform);
+                let s = score(&l, id, true, row.top_n);
+                sampled.push(Sampled {
+                    id,
+                    logprob: s.logprob,
+                    top: s.top.iter().map(|t| (t.id, t.logprob)).collect(),
+                });
+            }
+            Ok((out, sampled))
+        }
+    }
+
+    /// Every request's prompt scores and tokens, running `requests` on the mock.
+    fn run_mock(device: bool, requests: &[(SamplingParams, usize, bool)]) -> (Vec<String>, usize) {
+        let device_rows = Arc::new(AtomicUsize::new(0));
+        let limits = Limits {
+            max_input_tokens: 64,
+            max_total_tokens: 128,
+            max_batch_prefill_tokens: 64,
+            max_batch_total_tokens: 4096,
+            max_concurrent_requests: 16,
+            max_stop_sequences: 4,
+            max_best_of: 1,
+            max_top_n_tokens: 8,
+        };
+        let mut engine = EngineHandle::start(
+            Mock::new(device, device_rows.clone()),
+            vec![],
+            limits,
+            Some(1),
+            Arc::new(Metrics::default()),
+        )
+        .expect("engine starts");
+        let mut receivers = Vec::new();
+        for (k, (sampling, top_n, prompt_logprobs)) in requests.iter().enumerate() {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            assert!(engine.client().submit(EngineRequest {
+                prompt: (0..5 + k as u32).map(|t| (t * 7 + 3) % 50).collect(),
+                max_new_tokens: 12,
+                sampling: sampling.clone(),
+                stop_at_eos: false,
+                logprobs: k % 2 == 0,
+                prompt_logprobs: *prompt_logprobs,
+                top_n: *top_n,
+                events: tx,
+                arrived: Instant::now(),
+                constraint: None,
+            }));
+            receivers.push(rx);
+        }
+        let mut logs = Vec::new();
+        for mut rx in receivers {
+            let mut log = String::new();
+            while let Some(e) = rx.blocking_recv() {
+                match e {
+                    Event::Admitted { .. } => {}
+                    Event::Token { token, finish } => {
+                        log += &format!("{token:?} {finish:?}\n");
+                        if finish.is_some() {
+                            break;
+                        }
+                    }
+                    e => log += &format!("{e:?}\n"),
+                }
+            }
+            logs.push(log);
+        }
+        engine.shutdown();
+        (logs, device_rows.load(Ordering::SeqCst))
+    }
+
+    #[test]
+    fn device_sampling_streams_what_host_sampling_streams() {
+        let seeded = SamplingParams {
+            do_sample: true,
+            temperature: 0.8,
+            top_k: 20,
+            top_p: 0.9,
+            repetition_penalty: 1.3,
+            frequency_penalty: 0.4,
+            presence_penalty: 0.2,
+            seed: 11,
+            ..Default::default()
+        };
+        let typical = SamplingParams {
+            do_sample: true,
+            typical_p: 0.8,
+            seed: 5,
+            ..Default::default()
+        };
+        let requests = [
+            (SamplingParams::default(), 3, false),
+            (seeded, 0, false),
+            (typical, 2, true),
+            // More alternatives than the device returns: sampled on the host.
+            (SamplingParams::default(), MOCK_TOP_N + 1, false),
+        ];
+        let (host, none) = run_mock(false, &requests);
+        let (device, rows) = run_mock(true, &requests);
+        assert_eq!(none, 0);
+        // 12 tokens each for the first three requests, none for the last.
+        assert_eq!(rows, 36);
+        for (k, (h, d)) in host.iter().zip(&device).enumerate() {
+            assert_eq!(h, d, "request {k}");
+            assert_eq!(h.lines().filter(|l| l.starts_with("Scored")).count(), 12);
+        }
+        assert!(host[2].starts_with("Prompt("));
+    }
 
     #[test]
     fn scores_are_log_softmax_and_top_is_sorted() {

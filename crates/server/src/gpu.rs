@@ -1,12 +1,13 @@
 //! `meditron serve --device cuda`: the engine's model on the GPU. The engine keeps its own block
 //! allocator (a `KvCache` without data); the keys and values live on the GPU at the same block
 //! indices, so admission, prefix reuse and eviction work as on the CPU. Each step's rows go to
-//! `cuda::serve::ServeModel`, logits come back for sampling on the CPU.
+//! `cuda::serve::ServeModel`; rows the engine lets the GPU sample (`forward_sampled`) come back
+//! as token ids, the others as logits for sampling on the CPU.
 
 use crate::args::{Limits, ServeArgs};
 use anyhow::{bail, Context, Result};
 use kernels::cpu::ThreadPool;
-use model::{BatchToken, ForwardError, KvCache, Llama, ModelConfig, SeqId};
+use model::{BatchToken, ForwardError, KvCache, Llama, ModelConfig, SampleRow, Sampled, SeqId};
 use std::path::Path;
 use tokenizer::{ChatTemplate, Tokenizer};
 
@@ -99,13 +100,45 @@ impl model::Forward for GpuModel {
         Some((cuda::serve::MAX_ROWS - cuda::kernels::TC_MAX_ROWS, 16))
     }
 
+    fn device_top_n(&self) -> Option<usize> {
+        gpu_sampling().then_some(cuda::sample::TOP_N_MAX)
+    }
+
     fn forward(
         &mut self,
         batch: &[BatchToken],
         cache: &mut KvCache,
         _pool: &ThreadPool,
     ) -> Result<Vec<f32>, ForwardError> {
+        let (rows, tables) = self.rows(batch, cache)?;
+        self.inner
+            .forward(&rows, &tables)
+            .map_err(|e| ForwardError::Device(format!("GPU forward pass: {e:#}")))
+    }
+
+    fn forward_sampled(
+        &mut self,
+        batch: &[BatchToken],
+        cache: &mut KvCache,
+        _pool: &ThreadPool,
+        specs: &[Option<SampleRow>],
+    ) -> Result<(Vec<f32>, Vec<Sampled>), ForwardError> {
+        let (rows, tables) = self.rows(batch, cache)?;
+        self.inner
+            .forward_sampled(&rows, &tables, specs)
+            .map_err(|e| ForwardError::Device(format!("GPU forward pass: {e:#}")))
+    }
+}
+
+impl GpuModel {
+    /// The step's rows with their sequence slots, and each slot's pages.
+    fn rows<'c>(
+        &self,
+        batch: &[BatchToken],
+        cache: &'c mut KvCache,
+    ) -> Result<(Vec<cuda::serve::Row>, Vec<&'c [u32]>), ForwardError> {
         Llama::check_and_reserve(&self.config, batch, cache)?;
+        let cache: &'c KvCache = cache;
         let mut seqs: Vec<SeqId> = Vec::new();
         let rows: Vec<cuda::serve::Row> = batch
             .iter()
@@ -129,8 +162,13 @@ impl model::Forward for GpuModel {
             .iter()
             .map(|&s| cache.blocks(s))
             .collect::<Result<Vec<_>, _>>()?;
-        self.inner
-            .forward(&rows, &tables)
-            .map_err(|e| ForwardError::Device(format!("GPU forward pass: {e:#}")))
+        Ok((rows, tables))
     }
+}
+
+/// Whether decode rows are sampled on the GPU: on unless MEDITRON_GPU_SAMPLING=0 (which sends
+/// every row's logits to the host, as before, for comparisons).
+fn gpu_sampling() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("MEDITRON_GPU_SAMPLING").map_or(true, |v| v != "0"))
 }
