@@ -1,6 +1,7 @@
 //! A paged key/value cache: fixed-size blocks of token slots handed out to sequences on demand,
 //! so that many sequences share one bounded pool and a finished one frees its blocks at once.
 
+use crate::huge_pages::HugeBuffer;
 use half::f16;
 use half::slice::HalfBitsSliceExt;
 
@@ -53,10 +54,10 @@ struct Sequence {
 pub struct KvCache {
     n_layers: usize,
     kv_dim: usize,
-    // (n_blocks, n_layers, 2 (k, v), BLOCK_TOKENS, kv_dim) f16 bit patterns. Allocated as u16
-    // zeros, which the allocator hands out as untouched zero pages: memory becomes resident
-    // only as blocks are used (a vec of f16::ZERO would be written out in full at start).
-    data: Vec<u16>,
+    // (n_blocks, n_layers, 2 (k, v), BLOCK_TOKENS, kv_dim) f16 bit patterns, on huge pages
+    // where the OS allows. Untouched zero pages: memory becomes resident only as blocks are
+    // used.
+    data: HugeBuffer,
     n_blocks: usize,
     free: Vec<u32>,
     seqs: Vec<Option<Sequence>>,
@@ -70,7 +71,7 @@ impl KvCache {
         KvCache {
             n_layers,
             kv_dim,
-            data: vec![0u16; len],
+            data: HugeBuffer::zeroed(len * 2),
             n_blocks,
             free: (0..n_blocks as u32).rev().collect(),
             seqs: Vec::new(),
@@ -208,10 +209,16 @@ impl KvCache {
             self.offset(&seq.blocks, layer, false, pos),
             self.offset(&seq.blocks, layer, true, pos),
         );
-        for (d, s) in self.data[ko..ko + self.kv_dim].iter_mut().zip(k) {
+        for (d, s) in self.data.as_u16_mut()[ko..ko + self.kv_dim]
+            .iter_mut()
+            .zip(k)
+        {
             *d = f16::from_f32(*s).to_bits();
         }
-        for (d, s) in self.data[vo..vo + self.kv_dim].iter_mut().zip(v) {
+        for (d, s) in self.data.as_u16_mut()[vo..vo + self.kv_dim]
+            .iter_mut()
+            .zip(v)
+        {
             *d = f16::from_f32(*s).to_bits();
         }
         Ok(())
@@ -249,8 +256,8 @@ impl<'a> SeqView<'a> {
                     .cache
                     .offset(self.blocks, layer, true, b * BLOCK_TOKENS);
                 kernels::cpu::attention::KvRun {
-                    keys: self.cache.data[ko..ko + len * kv].reinterpret_cast(),
-                    values: self.cache.data[vo..vo + len * kv].reinterpret_cast(),
+                    keys: self.cache.data.as_u16()[ko..ko + len * kv].reinterpret_cast(),
+                    values: self.cache.data.as_u16()[vo..vo + len * kv].reinterpret_cast(),
                     n: len,
                 }
             })
@@ -261,13 +268,13 @@ impl<'a> SeqView<'a> {
     #[inline]
     pub fn key(&self, layer: usize, pos: usize) -> &[f16] {
         let o = self.cache.offset(self.blocks, layer, false, pos);
-        self.cache.data[o..o + self.cache.kv_dim].reinterpret_cast()
+        self.cache.data.as_u16()[o..o + self.cache.kv_dim].reinterpret_cast()
     }
 
     #[inline]
     pub fn value(&self, layer: usize, pos: usize) -> &[f16] {
         let o = self.cache.offset(self.blocks, layer, true, pos);
-        self.cache.data[o..o + self.cache.kv_dim].reinterpret_cast()
+        self.cache.data.as_u16()[o..o + self.cache.kv_dim].reinterpret_cast()
     }
 }
 

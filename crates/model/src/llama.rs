@@ -24,6 +24,20 @@ pub struct Layer {
     pub down_proj: Matrix,  // (hidden, intermediate)
 }
 
+impl Layer {
+    pub fn matrices_mut(&mut self) -> [&mut Matrix; 7] {
+        [
+            &mut self.q_proj,
+            &mut self.k_proj,
+            &mut self.v_proj,
+            &mut self.o_proj,
+            &mut self.gate_proj,
+            &mut self.up_proj,
+            &mut self.down_proj,
+        ]
+    }
+}
+
 pub struct Llama {
     pub config: ModelConfig,
     pub embed_tokens: Matrix, // (n_vocab, hidden)

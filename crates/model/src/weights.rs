@@ -10,6 +10,8 @@ use std::sync::Arc;
 pub struct Bytes {
     owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
     range: std::ops::Range<usize>,
+    /// Built at load time into a heap buffer of its own (see [`gather_on_huge_pages`]).
+    own_buffer: bool,
 }
 
 impl Bytes {
@@ -24,7 +26,11 @@ impl Bytes {
                 "byte range {range:?} is outside a buffer of {len} bytes"
             ));
         }
-        Ok(Bytes { owner, range })
+        Ok(Bytes {
+            owner,
+            range,
+            own_buffer: false,
+        })
     }
 
     pub fn from_vec(v: Vec<u8>) -> Bytes {
@@ -32,11 +38,61 @@ impl Bytes {
         Bytes {
             owner: Arc::new(v),
             range: 0..len,
+            own_buffer: true,
+        }
+    }
+
+    /// Bytes held in a heap buffer of their own (0 when borrowed from a file or shared).
+    pub fn own_heap_bytes(&self) -> usize {
+        if self.own_buffer {
+            self.range.len()
+        } else {
+            0
         }
     }
 
     pub fn as_slice(&self) -> &[u8] {
         &(*self.owner).as_ref()[self.range.clone()]
+    }
+}
+
+/// Moves the matrices built at load time into heap buffers of their own (repacked GPTQ layers,
+/// a rounded head) into one buffer on huge pages ([`crate::huge_pages`]), one matrix at a time
+/// so that each heap copy is freed as soon as it is moved. Matrices borrowed from a file
+/// mapping stay where they are.
+pub fn gather_on_huge_pages(matrices: &mut [&mut Matrix]) {
+    let mut total = 0;
+    let ranges: Vec<Option<std::ops::Range<usize>>> = matrices
+        .iter()
+        .map(|m| {
+            m.bytes.own_buffer.then(|| {
+                let len = m.bytes.range.len();
+                let range = total..total + len;
+                total = (total + len).next_multiple_of(64);
+                range
+            })
+        })
+        .collect();
+    if total == 0 {
+        return;
+    }
+    let mut buffer = crate::huge_pages::HugeBuffer::zeroed(total);
+    for (m, range) in matrices.iter_mut().zip(&ranges) {
+        if let Some(range) = range {
+            buffer.as_mut_slice()[range.clone()].copy_from_slice(m.bytes.as_slice());
+            // The heap copy goes now; the matrix points into `buffer` once it is shared.
+            m.bytes = Bytes::from_vec(Vec::new());
+        }
+    }
+    let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = Arc::new(buffer);
+    for (m, range) in matrices.iter_mut().zip(ranges) {
+        if let Some(range) = range {
+            m.bytes = Bytes {
+                owner: owner.clone(),
+                range,
+                own_buffer: false,
+            };
+        }
     }
 }
 

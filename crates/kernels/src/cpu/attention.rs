@@ -30,6 +30,17 @@ pub fn attend(
 ) {
     let group = q.len() / head_dim;
     let n_pos: usize = runs.iter().map(|r| r.n).sum();
+    #[cfg(target_arch = "x86_64")]
+    if Features::get().avx512_vnni && head_dim.is_multiple_of(64) {
+        // SAFETY: the CPU has AVX-512 (F, BW, VL), FMA and F16C; shapes checked by the
+        // caller's layout.
+        unsafe {
+            avx512::attend(
+                q, runs, offset, stride, head_dim, scale, group, n_pos, scores, out,
+            )
+        };
+        return;
+    }
     scores.clear();
     scores.resize(group * n_pos, 0.0); // (group, n_pos)
     #[cfg(target_arch = "x86_64")]
@@ -281,6 +292,229 @@ mod avx512 {
     use super::*;
     use std::arch::x86_64::*;
 
+    /// One token's attention, bit for bit the AVX2 kernel ([`super::simd::attend`]) at about
+    /// a third of its instructions (it is most of a batched decode step at a few hundred
+    /// positions). Scores: one vector holds two positions' 8 lane sums (dims l, l + 8, ...),
+    /// so a 256-bit load per position feeds 16 lanes and the group's heads share it; the
+    /// 8-lane sums are then reduced 16 positions at a time with shuffles, in the AVX2
+    /// kernel's order ((0+4) + (2+6)) + ((1+5) + (3+7)), instead of one horizontal sum per
+    /// position and head. Values: 16 dims per vector, the weight broadcast from memory.
+    /// `hd` is a multiple of 64.
+    #[allow(clippy::too_many_arguments)]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    pub(super) unsafe fn attend(
+        q: &[f32],
+        runs: &[KvRun],
+        offset: usize,
+        stride: usize,
+        hd: usize,
+        scale: f32,
+        group: usize,
+        n_pos: usize,
+        scratch: &mut Vec<f32>,
+        out: &mut [f32],
+    ) {
+        let np = n_pos.next_multiple_of(16);
+        let steps = hd / 8;
+        // scratch: scores (group, n_pos) | 8-lane sums (group, np, 8) | q pairs (group, steps, 16)
+        let (s_len, p_len) = (group * n_pos, group * np * 8);
+        scratch.resize(s_len + p_len + group * steps * 16, 0.0);
+        let (scores, rest) = scratch.split_at_mut(s_len);
+        let (partial, qdup) = rest.split_at_mut(p_len);
+        for g in 0..group {
+            for j in 0..steps {
+                let v = _mm256_loadu_ps(q.as_ptr().add(g * hd + 8 * j));
+                let at = qdup.as_mut_ptr().add((g * steps + j) * 16);
+                _mm256_storeu_ps(at, v);
+                _mm256_storeu_ps(at.add(8), v);
+            }
+        }
+        // ---- 8-lane sums, two positions per vector, two vectors per pass ----
+        // (two pairs give each head two independent FMA chains: one alone is latency-bound)
+        let mut keys = [std::ptr::null::<f16>(); 4];
+        let mut held = 0;
+        let mut quad = 0;
+        let mut lane_sums = |keys: &[*const f16; 4], quad: usize| {
+            for g0 in (0..group).step_by(8) {
+                let args = (keys, &*qdup, g0, steps, &mut *partial, np, quad);
+                match group - g0 {
+                    1 => quad_sums::<1>(args),
+                    2 => quad_sums::<2>(args),
+                    3 => quad_sums::<3>(args),
+                    4 => quad_sums::<4>(args),
+                    5 => quad_sums::<5>(args),
+                    6 => quad_sums::<6>(args),
+                    7 => quad_sums::<7>(args),
+                    _ => quad_sums::<8>(args),
+                }
+            }
+        };
+        // The cache comes from memory (a serving step reads every sequence's): without
+        // prefetching, strided 128-byte rows make this latency-bound (5x slower than from L2).
+        let prefetch = |run: &KvRun| {
+            for r in 0..run.n {
+                for base in [run.keys.as_ptr(), run.values.as_ptr()] {
+                    let row = base.add(r * stride + offset) as *const i8;
+                    for line in (0..hd * 2).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(row.add(line));
+                    }
+                }
+            }
+        };
+        if let Some(first) = runs.first() {
+            prefetch(first);
+        }
+        for (i, run) in runs.iter().enumerate() {
+            if let Some(next) = runs.get(i + 1) {
+                prefetch(next);
+            }
+            for r in 0..run.n {
+                keys[held] = run.keys.as_ptr().add(r * stride + offset);
+                held += 1;
+                if held == 4 {
+                    lane_sums(&keys, quad);
+                    quad += 1;
+                    held = 0;
+                }
+            }
+        }
+        if held > 0 {
+            // The missing positions repeat the last one; their sums are never read.
+            for i in held..4 {
+                keys[i] = keys[held - 1];
+            }
+            lane_sums(&keys, quad);
+        }
+        // ---- reduce 16 positions at a time ----
+        // After the shuffles lane 4k + m holds position 4m + k.
+        let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+        let vscale = _mm512_set1_ps(scale);
+        for g in 0..group {
+            for p0 in (0..n_pos).step_by(16) {
+                let v: [__m512; 8] = std::array::from_fn(|i| {
+                    _mm512_loadu_ps(partial.as_ptr().add((g * np + p0) * 8 + 16 * i))
+                });
+                // (l) + (l + 4): quarters of positions 4w..4w + 4.
+                let w: [__m512; 4] = std::array::from_fn(|i| {
+                    let (a, b) = (v[2 * i], v[2 * i + 1]);
+                    _mm512_add_ps(
+                        _mm512_shuffle_f32x4(a, b, 0b10_00_10_00),
+                        _mm512_shuffle_f32x4(a, b, 0b11_01_11_01),
+                    )
+                });
+                // (0+4) + (2+6) and (1+5) + (3+7).
+                let x: [__m512; 2] = std::array::from_fn(|i| {
+                    let (a, b) = (w[2 * i], w[2 * i + 1]);
+                    _mm512_add_ps(
+                        _mm512_shuffle_ps(a, b, 0b01_00_01_00),
+                        _mm512_shuffle_ps(a, b, 0b11_10_11_10),
+                    )
+                });
+                let y = _mm512_add_ps(
+                    _mm512_shuffle_ps(x[0], x[1], 0b10_00_10_00),
+                    _mm512_shuffle_ps(x[0], x[1], 0b11_01_11_01),
+                );
+                let s = _mm512_mul_ps(_mm512_permutexvar_ps(order, y), vscale);
+                let keep = (n_pos - p0).min(16);
+                let at = scores.as_mut_ptr().add(g * n_pos + p0);
+                _mm512_mask_storeu_ps(at, ((1u32 << keep) - 1) as u16, s);
+            }
+        }
+        softmax_rows(scores, n_pos);
+        // ---- out = softmax(scores) V: up to 4 heads x 64 dims per pass ----
+        for g0 in (0..group).step_by(4) {
+            for d0 in (0..hd).step_by(64) {
+                let args = (&*scores, runs, offset + d0, stride, n_pos, g0, hd, d0);
+                match group - g0 {
+                    1 => weighted_values::<1>(args, out),
+                    2 => weighted_values::<2>(args, out),
+                    3 => weighted_values::<3>(args, out),
+                    _ => weighted_values::<4>(args, out),
+                }
+            }
+        }
+    }
+
+    type QuadArgs<'a> = (
+        &'a [*const f16; 4],
+        &'a [f32],
+        usize,
+        usize,
+        &'a mut [f32],
+        usize,
+        usize,
+    );
+
+    /// Heads `g0..g0 + G`, positions `4 quad..4 quad + 4` (keys at `keys`): the 8-lane sums of
+    /// two positions per vector (lanes 0-7 and 8-15), each lane an FMA chain over dims
+    /// l, l + 8, ... as in the AVX2 kernel.
+    #[inline(always)]
+    unsafe fn quad_sums<const G: usize>(args: QuadArgs) {
+        let (keys, qdup, g0, steps, partial, np, quad) = args;
+        let mut acc = [[_mm512_setzero_ps(); 2]; G];
+        for j in 0..steps {
+            let k: [__m512; 2] = std::array::from_fn(|h| {
+                let lo = _mm_loadu_si128(keys[2 * h].add(8 * j) as *const __m128i);
+                let hi = _mm_loadu_si128(keys[2 * h + 1].add(8 * j) as *const __m128i);
+                _mm512_cvtph_ps(_mm256_inserti128_si256(_mm256_castsi128_si256(lo), hi, 1))
+            });
+            for g in 0..G {
+                let qv = _mm512_loadu_ps(qdup.as_ptr().add(((g0 + g) * steps + j) * 16));
+                for h in 0..2 {
+                    acc[g][h] = _mm512_fmadd_ps(qv, k[h], acc[g][h]);
+                }
+            }
+        }
+        for g in 0..G {
+            for h in 0..2 {
+                let at = partial
+                    .as_mut_ptr()
+                    .add((g0 + g) * np * 8 + quad * 32 + h * 16);
+                _mm512_storeu_ps(at, acc[g][h]);
+            }
+        }
+    }
+
+    type ValueArgs<'a> = (
+        &'a [f32],
+        &'a [KvRun<'a>],
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+    );
+
+    /// Heads `g0..g0 + G`, dims `d0..d0 + 64`: sum over positions of weight x value, in
+    /// position order (one FMA chain per output, as the AVX2 kernel).
+    #[inline(always)]
+    unsafe fn weighted_values<const G: usize>(args: ValueArgs, out: &mut [f32]) {
+        let (scores, runs, offset, stride, n_pos, g0, hd, d0) = args;
+        let mut acc = [[_mm512_setzero_ps(); 4]; G];
+        let mut p = 0;
+        for run in runs {
+            for r in 0..run.n {
+                let v = run.values.as_ptr().add(r * stride + offset);
+                let vv: [__m512; 4] = std::array::from_fn(|k| {
+                    _mm512_cvtph_ps(_mm256_loadu_si256(v.add(16 * k) as *const __m256i))
+                });
+                for g in 0..G {
+                    let w = _mm512_set1_ps(*scores.get_unchecked((g0 + g) * n_pos + p));
+                    for k in 0..4 {
+                        acc[g][k] = _mm512_fmadd_ps(w, vv[k], acc[g][k]);
+                    }
+                }
+                p += 1;
+            }
+        }
+        for g in 0..G {
+            for k in 0..4 {
+                _mm512_storeu_ps(out.as_mut_ptr().add((g0 + g) * hd + d0 + 16 * k), acc[g][k]);
+            }
+        }
+    }
+
     /// Query rows per pass: 4 rows x 4 vectors of 16 dims = 16 accumulators.
     const ROWS: usize = 4;
     /// Query rows per pass of the scores: 2 rows x 8 lane sums = 16 accumulators.
@@ -469,6 +703,150 @@ mod tests {
             }
             // Each output is a convex combination of values in [-1, 1].
             assert!(want.iter().all(|v| v.abs() <= 1.0 + 1e-5));
+        }
+    }
+
+    /// The AVX-512 one-token kernel reproduces the AVX2 one bit for bit (the tile kernel and
+    /// every decode must agree), over odd lengths, runs of odd sizes and groups past 8.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn avx512_one_token_is_the_avx2_kernel_bit_for_bit() {
+        let f = Features::get();
+        if !(f.avx512_vnni && f.avx2_fma) {
+            eprintln!("skipped: no AVX-512 here");
+            return;
+        }
+        let mut rng = Rng::new(33);
+        for (group, hd, lens) in [
+            (3usize, 64usize, vec![16usize, 16, 5]),
+            (1, 64, vec![1]),
+            (8, 128, vec![7, 16, 16, 3]),
+            (9, 64, vec![33]),
+            (5, 128, vec![2, 1, 16, 13]),
+            (3, 64, vec![16; 12]),
+        ] {
+            let (stride, offset) = (hd * 2 + 64, hd);
+            let data: Vec<(Vec<f16>, Vec<f16>)> = lens
+                .iter()
+                .map(|&n| {
+                    let mut mk = || (0..n * stride).map(|_| f16::from_f32(rng.f32())).collect();
+                    (mk(), mk())
+                })
+                .collect();
+            let runs: Vec<KvRun> = data
+                .iter()
+                .zip(&lens)
+                .map(|((k, v), &n)| KvRun {
+                    keys: k,
+                    values: v,
+                    n,
+                })
+                .collect();
+            let q: Vec<f32> = (0..group * hd).map(|_| rng.f32() * 4.0).collect();
+            let n_pos: usize = lens.iter().sum();
+            let scale = 1.0 / (hd as f32).sqrt();
+            let mut want = vec![0f32; group * hd];
+            let mut got = vec![f32::NAN; group * hd];
+            let mut scratch = vec![f32::NAN; 7];
+            // SAFETY: both feature sets checked above.
+            unsafe {
+                simd::attend(
+                    &q,
+                    &runs,
+                    offset,
+                    stride,
+                    hd,
+                    scale,
+                    group,
+                    n_pos,
+                    &mut vec![0.0; group * n_pos],
+                    &mut want,
+                );
+                avx512::attend(
+                    &q,
+                    &runs,
+                    offset,
+                    stride,
+                    hd,
+                    scale,
+                    group,
+                    n_pos,
+                    &mut scratch,
+                    &mut got,
+                );
+            }
+            assert_eq!(got, want, "group {group}, hd {hd}, lens {lens:?}");
+        }
+    }
+
+    /// Speed of the one-token kernels at a serving-sized context (SmolLM2 shapes):
+    /// `cargo test --release -p kernels one_token_speed -- --ignored --nocapture`.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    #[ignore]
+    fn one_token_speed() {
+        // 512 caches of 160 positions (63 MB): read from memory, as in a serving step.
+        let (hd, group, stride, n, caches) = (64usize, 3usize, 192usize, 160usize, 512usize);
+        let mut rng = Rng::new(5);
+        let mut mk = || -> Vec<f16> {
+            (0..caches * n * stride)
+                .map(|_| f16::from_f32(rng.f32()))
+                .collect()
+        };
+        let (keys, values) = (mk(), mk());
+        let all_runs: Vec<Vec<KvRun>> = (0..caches)
+            .map(|c| {
+                (0..n / 16)
+                    .map(|b| KvRun {
+                        keys: &keys[(c * n + b * 16) * stride..],
+                        values: &values[(c * n + b * 16) * stride..],
+                        n: 16,
+                    })
+                    .collect()
+            })
+            .collect();
+        let q: Vec<f32> = (0..group * hd)
+            .map(|i| (i % 13) as f32 / 13.0 - 0.5)
+            .collect();
+        let (mut scores, mut scratch) = (vec![0f32; group * n], Vec::new());
+        let mut out = vec![0f32; group * hd];
+        let iters = 20000;
+        for round in 0..6 {
+            for (name, hot) in [("L2", 1), ("memory", caches)] {
+                let t = std::time::Instant::now();
+                for i in 0..iters {
+                    let runs = &all_runs[i % hot];
+                    // SAFETY: the test machine has AVX2 (the CI machines do).
+                    unsafe {
+                        simd::attend(
+                            &q,
+                            runs,
+                            64,
+                            stride,
+                            hd,
+                            0.125,
+                            group,
+                            n,
+                            &mut scores,
+                            &mut out,
+                        )
+                    };
+                }
+                let avx2 = t.elapsed().as_secs_f64() / iters as f64;
+                let t = std::time::Instant::now();
+                for i in 0..iters {
+                    let runs = &all_runs[i % hot];
+                    attend(&q, runs, 64, stride, hd, 0.125, &mut scratch, &mut out);
+                }
+                let best = t.elapsed().as_secs_f64() / iters as f64;
+                println!(
+                    "round {round}: ctx {n} from {name}: AVX2 {:.2} us, dispatched ({}) {:.2} us: x{:.2}",
+                    avx2 * 1e6,
+                    Features::get().describe(),
+                    best * 1e6,
+                    avx2 / best
+                );
+            }
         }
     }
 

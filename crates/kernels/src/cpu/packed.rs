@@ -110,7 +110,35 @@ pub fn pack(
     rows: usize,
     cols: usize,
 ) -> Option<(PackedKind, Vec<u8>)> {
+    let mut out = vec![0u8; packed_len(kind, rows, cols)?];
+    let pk = pack_into(kind, data, rows, cols, &mut out)?;
+    Some((pk, out))
+}
+
+/// The bytes [`pack`] makes of a `rows` x `cols` matrix of `kind`; None when it cannot.
+pub fn packed_len(kind: QuantKind, rows: usize, cols: usize) -> Option<usize> {
     if rows == 0 || !rows.is_multiple_of(GROUP) || !cols.is_multiple_of(QK) {
+        return None;
+    }
+    Some(rows * (cols / QK) * packed_kind(kind).block_bytes())
+}
+
+fn packed_kind(kind: QuantKind) -> PackedKind {
+    match kind {
+        QuantKind::Q4_0 | QuantKind::Q4_1 => PackedKind::Q4,
+        QuantKind::Q8_0 => PackedKind::Q8,
+    }
+}
+
+/// [`pack`] into `out` (of [`packed_len`] bytes, e.g. part of one buffer for a whole model).
+pub fn pack_into(
+    kind: QuantKind,
+    data: &[u8],
+    rows: usize,
+    cols: usize,
+    out: &mut [u8],
+) -> Option<PackedKind> {
+    if packed_len(kind, rows, cols)? != out.len() {
         return None;
     }
     let nb = cols / QK;
@@ -118,12 +146,8 @@ pub fn pack(
     if data.len() != rows * nb * src_bb {
         return None;
     }
-    let pk = match kind {
-        QuantKind::Q4_0 | QuantKind::Q4_1 => PackedKind::Q4,
-        QuantKind::Q8_0 => PackedKind::Q8,
-    };
+    let pk = packed_kind(kind);
     let gbb = pk.group_block_bytes();
-    let mut out = vec![0u8; rows * nb * pk.block_bytes()];
     for g in 0..rows / GROUP {
         for b in 0..nb {
             let dst = &mut out[(g * nb + b) * gbb..(g * nb + b + 1) * gbb];
@@ -159,7 +183,7 @@ pub fn pack(
             }
         }
     }
-    Some((pk, out))
+    Some(pk)
 }
 
 /// Row `lane`'s 16 nibble bytes of a block into the 4 x 64 bytes at `dst`.

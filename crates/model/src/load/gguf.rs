@@ -3,6 +3,7 @@
 
 use super::{template_or_chatml, LoadedModel};
 use crate::config::ModelConfig;
+use crate::huge_pages::HugeBuffer;
 use crate::llama::{Layer, Llama};
 use crate::weights::{Bytes, Matrix};
 use anyhow::{anyhow, bail, Context, Result};
@@ -10,7 +11,9 @@ use formats::{GgmlType, GgufFile};
 use kernels::cpu::dot::QuantKind;
 use kernels::cpu::matmul::WeightFormat;
 use kernels::cpu::ops::RopeStyle;
-use kernels::cpu::{packed, Features};
+use kernels::cpu::packed::{self, PackedKind};
+use kernels::cpu::Features;
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use tokenizer::{GgufVocab, Tokenizer};
@@ -21,7 +24,8 @@ pub fn load(path: &Path) -> Result<LoadedModel> {
     let tokenizer = load_tokenizer(&file)?;
     let template = template_or_chatml(tokenizer.chat_template())?;
     let owner = file.shared_bytes().clone();
-    let matrix = |name: &str| gguf_matrix(&file, &owner, name);
+    let packed = pack_all(&file);
+    let matrix = |name: &str| gguf_matrix(&file, &owner, &packed, name);
     let vector = |name: &str| gguf_vector(&file, name);
 
     let embed_tokens = matrix("token_embd.weight")?;
@@ -157,9 +161,58 @@ fn weight_format(ty: GgmlType) -> Option<WeightFormat> {
     })
 }
 
+/// Every quantized matrix of the file repacked for the AVX-512 VNNI kernels (where they run),
+/// into one buffer on huge pages: name -> (format, byte range in `buffer`).
+struct Packed {
+    buffer: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    tensors: HashMap<String, (PackedKind, std::ops::Range<usize>)>,
+}
+
+fn pack_all(file: &GgufFile) -> Packed {
+    let mut tensors = HashMap::new();
+    let mut plan = Vec::new();
+    let mut total = 0;
+    if packed::worth_packing(Features::get()) {
+        for info in file.tensors() {
+            let Some(WeightFormat::Quant(kind)) = weight_format(info.ty) else {
+                continue;
+            };
+            if info.dims.len() != 2 {
+                continue;
+            }
+            let (cols, rows) = (info.dims[0] as usize, info.dims[1] as usize);
+            if let Some(len) = packed::packed_len(kind, rows, cols) {
+                plan.push((info, kind, rows, cols, total..total + len));
+                total = (total + len).next_multiple_of(64);
+            }
+        }
+    }
+    let mut buffer = HugeBuffer::zeroed(total);
+    for (info, kind, rows, cols, range) in plan {
+        let src = file.tensor_bytes(info);
+        if let Some(pk) = packed::pack_into(
+            kind,
+            src,
+            rows,
+            cols,
+            &mut buffer.as_mut_slice()[range.clone()],
+        ) {
+            // The file's copy is not read again: let the kernel drop its pages from this
+            // process, so the model is resident once, not twice.
+            release_pages(src);
+            tensors.insert(info.name.clone(), (pk, range));
+        }
+    }
+    Packed {
+        buffer: Arc::new(buffer),
+        tensors,
+    }
+}
+
 fn gguf_matrix(
     file: &GgufFile,
     owner: &Arc<dyn AsRef<[u8]> + Send + Sync>,
+    packed: &Packed,
     name: &str,
 ) -> Result<Matrix> {
     let info = file
@@ -178,21 +231,20 @@ fn gguf_matrix(
             info.ty.name()
         )
     })?;
-    let start = info.offset as usize;
-    let bytes = Bytes::new(owner.clone(), start..start + info.n_bytes)
-        .map_err(|e| anyhow!("GGUF tensor '{name}': {e}"))?;
-    if let WeightFormat::Quant(kind) = format {
-        if packed::worth_packing(Features::get()) {
-            if let Some((pk, data)) = packed::pack(kind, bytes.as_slice(), rows, cols) {
-                // The file's copy is not read again: let the kernel drop its pages from
-                // this process, so the model is resident once, not twice.
-                release_pages(bytes.as_slice());
-                let bytes = Bytes::from_vec(data);
-                return Matrix::new(name, WeightFormat::Packed(pk), bytes, rows, cols)
-                    .map_err(|e| anyhow!(e));
-            }
+    let (format, bytes) = match packed.tensors.get(name) {
+        Some((pk, range)) => (
+            WeightFormat::Packed(*pk),
+            Bytes::new(packed.buffer.clone(), range.clone()),
+        ),
+        None => {
+            let start = info.offset as usize;
+            (
+                format,
+                Bytes::new(owner.clone(), start..start + info.n_bytes),
+            )
         }
-    }
+    };
+    let bytes = bytes.map_err(|e| anyhow!("GGUF tensor '{name}': {e}"))?;
     Matrix::new(name, format, bytes, rows, cols).map_err(|e| anyhow!(e))
 }
 

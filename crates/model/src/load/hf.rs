@@ -4,13 +4,16 @@
 use super::{gptq, template_or_chatml, LoadedModel};
 use crate::config::ModelConfig;
 use crate::llama::{Layer, Llama};
-use crate::weights::{Bytes, Matrix};
+use crate::weights::{gather_on_huge_pages, Bytes, Matrix};
 use anyhow::{anyhow, bail, Context, Result};
 use formats::gptq::GptqConfig;
 use formats::{Dtype, LlamaConfig, ModelWeights};
 use kernels::cpu::matmul::WeightFormat;
 use std::path::Path;
 use tokenizer::Tokenizer;
+
+/// See the layer loop of [`load`].
+const GATHER_BYTES: usize = 16 << 20;
 
 pub fn load(dir: &Path) -> Result<LoadedModel> {
     let hf = LlamaConfig::from_file(&dir.join("config.json"))?;
@@ -50,8 +53,19 @@ pub fn load(dir: &Path) -> Result<LoadedModel> {
     let config = ModelConfig::from_hf(&hf, embed_tokens.rows);
     let (hidden, inter) = (config.hidden, config.intermediate);
     let (q_dim, kv_dim) = (config.q_dim(), config.kv_dim());
-    let mut layers = Vec::with_capacity(config.n_layers);
+    let mut layers: Vec<Layer> = Vec::with_capacity(config.n_layers);
+    // Repacked layers move to huge pages every GATHER_BYTES, so that the heap copies (which
+    // the allocator keeps for the next layers) add at most that much to the peak memory.
+    let (mut gathered, mut pending) = (0, 0);
     for i in 0..config.n_layers {
+        if pending >= GATHER_BYTES {
+            let mut batch: Vec<&mut Matrix> = layers[gathered..]
+                .iter_mut()
+                .flat_map(|l| l.matrices_mut())
+                .collect();
+            gather_on_huge_pages(&mut batch);
+            (gathered, pending) = (layers.len(), 0);
+        }
         let p = format!("model.layers.{i}");
         let attn = format!("{p}.self_attn");
         layers.push(Layer {
@@ -74,6 +88,12 @@ pub fn load(dir: &Path) -> Result<LoadedModel> {
             up_proj: proj(&format!("{p}.mlp.up_proj"), inter, hidden)?,
             down_proj: proj(&format!("{p}.mlp.down_proj"), hidden, inter)?,
         });
+        let last = layers.last_mut().expect("just pushed");
+        pending += last
+            .matrices_mut()
+            .iter()
+            .map(|m| m.bytes.own_heap_bytes())
+            .sum::<usize>();
     }
     let norm = vector("model.norm.weight")?;
     let lm_head = match (
@@ -91,6 +111,14 @@ pub fn load(dir: &Path) -> Result<LoadedModel> {
         Some(g) => gptq::decode_head(g, lm_head.as_ref().unwrap_or(&embed_tokens)).or(lm_head),
         None => lm_head,
     };
+    let (mut embed_tokens, mut layers, mut lm_head) = (embed_tokens, layers, lm_head);
+    let mut matrices: Vec<&mut Matrix> = layers[gathered..]
+        .iter_mut()
+        .flat_map(|l| l.matrices_mut())
+        .chain([&mut embed_tokens])
+        .chain(lm_head.as_mut())
+        .collect();
+    gather_on_huge_pages(&mut matrices);
     let model = Llama::new(config, embed_tokens, layers, norm, lm_head).map_err(|e| anyhow!(e))?;
     let tokenizer = Tokenizer::from_hf_dir(dir)
         .with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
