@@ -349,25 +349,7 @@ mod avx512 {
                 }
             }
         };
-        // The cache comes from memory (a serving step reads every sequence's): without
-        // prefetching, strided 128-byte rows make this latency-bound (5x slower than from L2).
-        let prefetch = |run: &KvRun| {
-            for r in 0..run.n {
-                for base in [run.keys.as_ptr(), run.values.as_ptr()] {
-                    let row = base.add(r * stride + offset) as *const i8;
-                    for line in (0..hd * 2).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(row.add(line));
-                    }
-                }
-            }
-        };
-        if let Some(first) = runs.first() {
-            prefetch(first);
-        }
-        for (i, run) in runs.iter().enumerate() {
-            if let Some(next) = runs.get(i + 1) {
-                prefetch(next);
-            }
+        for run in runs {
             for r in 0..run.n {
                 keys[held] = run.keys.as_ptr().add(r * stride + offset);
                 held += 1;
