@@ -345,6 +345,7 @@ pub fn check_all(gpu: &Gpu) -> Result<Report> {
         check_llama_ops(gpu, &mut rng, heads, &mut r)?;
         check_gemv_rope(gpu, &mut rng, heads, &mut r)?;
     }
+    check_sampling(gpu, &mut rng, &mut r)?;
     Ok(r)
 }
 
@@ -676,9 +677,11 @@ fn check_load_repack(gpu: &Gpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
 /// group 128 / none, a fused linear with per-part permutations).
 fn check_tc(gpu: &Gpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
     let k = 2304usize;
+    // Symmetric weights take the kernel with each group's scales loaded once (one group
+    // spanning the K splits, or 18 groups), asymmetric ones the per-slab zeros.
     for (gs, sym, ns) in [
         (128usize, true, vec![448usize]),
-        (k, false, vec![320]),
+        (k, true, vec![320]),
         (128, false, vec![192, 64, 128]),
     ] {
         let parts = random_parts(rng, 4, k, &ns, gs, sym);
@@ -688,20 +691,40 @@ fn check_tc(gpu: &Gpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
             let x: Vec<f32> = (0..rows * k).map(|_| f(h(rng.normal()))).collect();
             let yref = fused_ref(&parts, &x, rows, k);
             let xd = gpu.upload(&fused_x(&parts, &x, rows, k, 4))?;
-            let out = poisoned(gpu, k.div_ceil(crate::kernels::TC_KCH) * rows * n * 4)?;
-            let s = crate::kernels::gptq_gemm_tc(gpu, &q, xd.ptr, out.ptr, rows)?;
-            let pr: Vec<f32> = gpu.read(&out, 0, s * rows * n)?;
-            let y: Vec<f32> = (0..rows * n)
-                .map(|i| (0..s).map(|j| pr[j * rows * n + i]).sum())
-                .collect();
-            r.check(
-                &format!(
-                    "gptq_gemm_tc 4-bit group {gs} sym {sym} parts {} rows {rows}",
-                    ns.len()
-                ),
-                rel_err(&y, &yref),
-                2e-3,
-            );
+            // The default variant, and the cp.async ring (3 slabs, and 10: more than the 8 slabs
+            // of the short last split; with the activations through it, 2 and 3; none).
+            for ring in [
+                None,
+                Some((0, false)),
+                Some((3, false)),
+                Some((10, false)),
+                Some((2, true)),
+                Some((3, true)),
+            ] {
+                let out = poisoned(gpu, k.div_ceil(crate::kernels::TC_KCH) * rows * n * 4)?;
+                let s = match ring {
+                    None => crate::kernels::gptq_gemm_tc(gpu, &q, xd.ptr, out.ptr, rows)?,
+                    Some(a) => crate::kernels::gptq_gemm_tc_variant(
+                        gpu, &q, xd.ptr, out.ptr, rows, 1, 4, a,
+                    )?,
+                };
+                let pr: Vec<f32> = gpu.read(&out, 0, s * rows * n)?;
+                let y: Vec<f32> = (0..rows * n)
+                    .map(|i| (0..s).map(|j| pr[j * rows * n + i]).sum())
+                    .collect();
+                r.check(
+                    &format!(
+                        "gptq_gemm_tc 4-bit group {gs} sym {sym} parts {} rows {rows}{}",
+                        ns.len(),
+                        ring.map_or(String::new(), |(a, x)| format!(
+                            " ring {a}{}",
+                            if x { "x" } else { "" }
+                        ))
+                    ),
+                    rel_err(&y, &yref),
+                    2e-3,
+                );
+            }
         }
     }
     Ok(())
@@ -1270,12 +1293,13 @@ pub fn time_kernels(gpu: &Gpu, peak_gbs: f64) -> Result<Vec<String>> {
         let out = gpu.alloc(k.div_ceil(crate::kernels::TC_KCH) * 32 * n * 4)?;
         // Variants (slabs loaded per batch, min blocks per SM) at 32 rows; the default at 16.
         let (du, db) = crate::kernels::tc_variant();
-        let mut runs = vec![(16usize, du, db)];
-        for (u, b) in [(4, 1), (2, 1), (2, 3), (1, 4), (4, 2)] {
-            runs.push((32, u, b));
+        let mut runs = vec![(16usize, du, db, crate::kernels::tc_async())];
+        for (u, b, a) in [(1, 4, (0, false)), (1, 4, (2, true)), (1, 4, (3, true))] {
+            runs.push((32, u, b, a));
         }
-        for (rows, u, b) in runs {
-            let go = || crate::kernels::gptq_gemm_tc_variant(gpu, &w, x.ptr, out.ptr, rows, u, b);
+        for (rows, u, b, a) in runs {
+            let go =
+                || crate::kernels::gptq_gemm_tc_variant(gpu, &w, x.ptr, out.ptr, rows, u, b, a);
             go()?;
             let mut times: Vec<f64> = (0..20)
                 .map(|_| gpu.time(|| go().map(|_| ())))
@@ -1283,11 +1307,77 @@ pub fn time_kernels(gpu: &Gpu, peak_gbs: f64) -> Result<Vec<String>> {
             times.sort_by(|a, b| a.total_cmp(b));
             let ms = times[10];
             let gbs = w.weight_bytes() as f64 / ms / 1e6;
-            let (regs, local) = crate::kernels::tc_resources(gpu, rows, u, b)?;
+            let (regs, local) = crate::kernels::tc_resources(gpu, rows, u, b, a)?;
+            let mut ring = match a {
+                (0, _) => String::new(),
+                (a, x) => format!(" ring {a}{}", if x { "x" } else { "" }),
+            };
+            if crate::kernels::tc_hoist() {
+                ring += " hoist";
+            }
             lines.push(format!(
-                "gptq_gemm_tc 4-bit g128 rows {rows:2} {name:8} K={k:5} N={n:5} TC={u},{b}: {:7.1} us, {gbs:6.0} GB/s of weights ({:.0}%); {regs} regs, {local} B local",
+                "gptq_gemm_tc 4-bit g128 rows {rows:2} {name:8} K={k:5} N={n:5} TC={u},{b}{ring}: {:7.1} us, {gbs:6.0} GB/s of weights ({:.0}%); {regs} regs, {local} B local",
                 ms * 1e3,
                 100.0 * gbs / peak_gbs
+            ));
+        }
+    }
+    // Sampling 32 rows of a 32000-token vocabulary: greedy with log-probabilities, and the
+    // serving mix (temperature, top-k 50, top-p 0.9, repetition penalty over 512 tokens, top-5).
+    {
+        use crate::sample::{pack, OUT_WORDS};
+        let (v, rows) = (32000usize, 32usize);
+        let logits = gpu.alloc(rows * v * 4)?;
+        let mut rng = Rng::new(5);
+        let host: Vec<f32> = (0..rows * v).map(|_| rng.normal() * 3.0).collect();
+        let pristine = gpu.upload(&host)?;
+        let out = gpu.alloc(rows * OUT_WORDS * 4)?;
+        let context: Vec<u32> = (0..512).map(|_| rng.u32() % v as u32).collect();
+        for (name, p) in [
+            ("greedy", model::SamplingParams::default()),
+            (
+                "T 0.7, top-k 50, top-p 0.9, repetition 1.1, top-5",
+                model::SamplingParams {
+                    do_sample: true,
+                    temperature: 0.7,
+                    top_k: 50,
+                    top_p: 0.9,
+                    repetition_penalty: 1.1,
+                    ..Default::default()
+                },
+            ),
+        ] {
+            let mut words = Vec::new();
+            let mut pen = Vec::new();
+            for row in 0..rows {
+                let spec = model::SampleRow {
+                    params: &p,
+                    uniform: 0.37,
+                    context: &context,
+                    generated: &context[500..],
+                    top_n: if p.do_sample { 5 } else { 0 },
+                };
+                words.extend(pack(&spec, row, &mut pen));
+            }
+            let pd = gpu.upload(&words)?;
+            let pend = gpu.upload(&pen)?;
+            let fresh = || gpu.copy_dtod(logits.ptr, pristine.ptr, rows * v * 4);
+            // Fresh logits each time: the kernel penalizes them in place.
+            let go = || {
+                fresh()?;
+                crate::sample::launch(gpu, logits.ptr, v, &pd, &pend, &out, rows)
+            };
+            go()?;
+            let median = |f: &dyn Fn() -> Result<()>| -> Result<f64> {
+                let mut t: Vec<f64> = (0..11).map(|_| gpu.time(f)).collect::<Result<_>>()?;
+                t.sort_by(|a, b| a.total_cmp(b));
+                Ok(t[5])
+            };
+            let (t, base) = (median(&go)?, median(&fresh)?);
+            lines.push(format!(
+                "sample_rows {rows} rows x {v} logits, {name}: {:.1} us (a copy of the logits, {:.1} us, subtracted)",
+                (t - base) * 1e3,
+                base * 1e3
             ));
         }
     }
@@ -1332,4 +1422,272 @@ pub fn copy_bandwidth(gpu: &Gpu) -> Result<f64> {
         bail!("copy timing returned {}", t[2]);
     }
     Ok(2.0 * bytes as f64 / t[2] / 1e6)
+}
+
+/// Sampling on the GPU (sample.cu) against the CPU sampler (`model::Sampler::sample_with`) on
+/// the same logits and uniform numbers: penalized logits bit for bit, greedy ids exactly, drawn
+/// ids (a cut or a draw can land one token over where a cumulative sum meets its target to
+/// within rounding: at most 2% of rows), log-probabilities and the top-n alternatives; then the
+/// frequencies of 8192 draws against the filtered softmax (chi-square, can fail by chance with
+/// probability ~1e-6).
+pub fn check_sampling(gpu: &Gpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
+    use crate::sample::{pack, unpack, OUT_WORDS, PARAM_WORDS, TOP_N_MAX};
+    use model::{SampleRow, Sampler, SamplingParams};
+    let (v, rows) = (5003usize, 96usize);
+    let mut logits = Vec::with_capacity(rows * v);
+    for row in 0..rows {
+        let spread = [0.5f32, 3.0, 12.0][row % 3];
+        // A grid of quarters: ties between logits, as the filters must handle.
+        logits.extend((0..v).map(|_| (rng.normal() * spread * 4.0).round() / 4.0));
+    }
+    let filters = [
+        (0usize, 1.0f32, 1.0f32),
+        (40, 1.0, 1.0),
+        (0, 0.9, 1.0),
+        (50, 0.95, 1.0),
+        (0, 1.0, 0.9),
+        (3000, 0.99, 1.0),
+        (1, 1.0, 1.0),
+        (v + 5, 0.5, 1.0),
+        (20, 1.0, 0.8),
+        (0, 0.3, 0.95),
+    ];
+    let mut params = Vec::new();
+    let mut contexts = Vec::new();
+    for row in 0..rows {
+        let (top_k, top_p, typical_p) = filters[row % filters.len()];
+        params.push(SamplingParams {
+            do_sample: row % 4 != 0,
+            temperature: [0.7f32, 1.0, 1.3][row % 3],
+            top_k,
+            top_p,
+            typical_p,
+            repetition_penalty: if row % 5 < 2 { 1.3 } else { 1.0 },
+            frequency_penalty: if row % 7 < 3 { 0.5 } else { 0.0 },
+            presence_penalty: if row % 3 == 1 { 0.3 } else { 0.0 },
+            seed: row as u64,
+        });
+        // 20 prompt and 10 generated tokens from the first 300 ids: repeats among them.
+        contexts.push((0..30).map(|_| rng.u32() % 300).collect::<Vec<u32>>());
+    }
+    let uniforms: Vec<f32> = (0..rows)
+        .map(|row| model::sampler::Rng::new(row as u64 + 1).next_f64() as f32)
+        .collect();
+    let specs: Vec<SampleRow> = (0..rows)
+        .map(|row| SampleRow {
+            params: &params[row],
+            uniform: uniforms[row],
+            context: &contexts[row],
+            generated: &contexts[row][20..],
+            top_n: [0, 5, TOP_N_MAX][row % 3],
+        })
+        .collect();
+    let mut words = Vec::new();
+    let mut pen = Vec::new();
+    for (row, spec) in specs.iter().enumerate() {
+        words.extend(pack(spec, row, &mut pen));
+    }
+    let ld = gpu.upload(&logits)?;
+    let pd = gpu.upload(&words)?;
+    let pend = gpu.upload(&pen)?;
+    let out = poisoned(gpu, rows * OUT_WORDS * 4)?;
+    crate::sample::launch(gpu, ld.ptr, v, &pd, &pend, &out, rows)?;
+    let got = gpu.read::<u32>(&out, 0, rows * OUT_WORDS)?;
+    let penalized = gpu.read::<f32>(&ld, 0, rows * v)?;
+    let (mut pen_diff, mut greedy_wrong, mut drawn, mut draw_differ) = (0f32, 0, 0, 0);
+    let (mut lp_err, mut top_wrong, mut top_err) = (0f64, 0, 0f64);
+    for (row, spec) in specs.iter().enumerate() {
+        let s = unpack(&got[row * OUT_WORDS..(row + 1) * OUT_WORDS], spec.top_n);
+        let mut l = logits[row * v..(row + 1) * v].to_vec();
+        let want = Sampler::new(spec.params.clone()).sample_with(
+            &mut l,
+            spec.context,
+            spec.generated,
+            spec.uniform,
+        );
+        for (a, b) in penalized[row * v..(row + 1) * v].iter().zip(&l) {
+            pen_diff = pen_diff.max(if a.to_bits() == b.to_bits() {
+                0.0
+            } else {
+                (a - b).abs().max(f32::MIN_POSITIVE)
+            });
+        }
+        if spec.params.do_sample {
+            drawn += 1;
+            draw_differ += (s.id != want) as usize;
+        } else {
+            greedy_wrong += (s.id != want) as usize;
+        }
+        let m = l.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
+        let lse = m + l.iter().map(|&x| (x as f64 - m).exp()).sum::<f64>().ln();
+        let lp = l.get(s.id as usize).map_or(f64::NAN, |&x| x as f64 - lse);
+        lp_err = lp_err.max((s.logprob as f64 - lp).abs());
+        let mut order: Vec<u32> = (0..v as u32).collect();
+        order.sort_by(|&a, &b| l[b as usize].total_cmp(&l[a as usize]).then(a.cmp(&b)));
+        if s.top.len() != spec.top_n {
+            top_wrong += 1;
+        }
+        for (&(id, lp), &want_id) in s.top.iter().zip(&order) {
+            top_wrong += (id != want_id) as usize;
+            top_err = top_err.max((lp as f64 - (l[want_id as usize] as f64 - lse)).abs());
+        }
+    }
+    r.check(
+        "sample_rows penalties (bit-exact vs the CPU sampler)",
+        pen_diff as f64,
+        0.0,
+    );
+    r.check(
+        &format!("sample_rows greedy ids ({} rows)", rows - drawn),
+        greedy_wrong as f64,
+        0.0,
+    );
+    r.check(
+        &format!("sample_rows drawn ids = CPU sampler's for the same uniform: {draw_differ}/{drawn} differ (as a fraction)"),
+        draw_differ as f64 / drawn.max(1) as f64,
+        0.02,
+    );
+    r.check("sample_rows log-probability (abs)", lp_err, 1e-4);
+    r.check("sample_rows top-n ids (wrong count)", top_wrong as f64, 0.0);
+    r.check("sample_rows top-n log-probabilities (abs)", top_err, 1e-4);
+
+    // Frequencies: 8192 draws from one row of 1000 logits, each draw its own block.
+    let (v, n) = (1000usize, 8192usize);
+    let row: Vec<f32> = (0..v).map(|_| rng.normal() * 2.5).collect();
+    let ld = gpu.upload(&row)?;
+    let out = poisoned(gpu, n * OUT_WORDS * 4)?;
+    let pend = gpu.upload(&[0i32, 0])?;
+    for (name, temperature, top_k, top_p, typical_p) in [
+        (
+            "temperature 0.9, top-k 40, top-p 0.9",
+            0.9f32,
+            40usize,
+            0.9f32,
+            1.0f32,
+        ),
+        ("temperature 1.2, no filter", 1.2, 0, 1.0, 1.0),
+        ("typical-p 0.9", 1.0, 0, 1.0, 0.9),
+    ] {
+        let p = SamplingParams {
+            do_sample: true,
+            temperature,
+            top_k,
+            top_p,
+            typical_p,
+            ..Default::default()
+        };
+        let mut u = model::sampler::Rng::new(rng.u32() as u64);
+        let mut words = Vec::with_capacity(n * PARAM_WORDS);
+        let mut pen = Vec::new();
+        for _ in 0..n {
+            let spec = SampleRow {
+                params: &p,
+                uniform: u.next_f64() as f32,
+                context: &[],
+                generated: &[],
+                top_n: 0,
+            };
+            words.extend(pack(&spec, 0, &mut pen));
+        }
+        let pd = gpu.upload(&words)?;
+        crate::sample::launch(gpu, ld.ptr, v, &pd, &pend, &out, n)?;
+        let got = gpu.read::<u32>(&out, 0, n * OUT_WORDS)?;
+        let mut counts = vec![0usize; v];
+        let mut outside = 0;
+        for w in got.chunks_exact(OUT_WORDS) {
+            match counts.get_mut(w[0] as usize) {
+                Some(c) => *c += 1,
+                None => outside += 1,
+            }
+        }
+        let probs = filtered_softmax(&row, &p);
+        // Chi-square over bins of at least 20 expected draws (tokens by probability); a draw
+        // of a token the filters drop fails outright.
+        let mut order: Vec<usize> = (0..v).collect();
+        order.sort_by(|&a, &b| probs[b].total_cmp(&probs[a]));
+        let (mut chi2, mut bins, mut e, mut c) = (0f64, 0usize, 0f64, 0usize);
+        for &t in &order {
+            if probs[t] == 0.0 {
+                outside += counts[t];
+                continue;
+            }
+            e += probs[t] * n as f64;
+            c += counts[t];
+            if e >= 20.0 {
+                chi2 += (c as f64 - e).powi(2) / e;
+                bins += 1;
+                (e, c) = (0.0, 0);
+            }
+        }
+        if e > 0.0 {
+            chi2 += (c as f64 - e).powi(2) / e;
+            bins += 1;
+        }
+        let df = bins.saturating_sub(1).max(1) as f64;
+        let bound = df + 7.0 * (2.0 * df).sqrt();
+        r.check(
+            &format!("sample_rows frequencies of {n} draws, {name}: chi-square {chi2:.1} over {df} degrees of freedom, {outside} draws outside the kept set (statistic / bound)"),
+            if outside > 0 { f64::INFINITY } else { chi2 / bound },
+            1.0,
+        );
+    }
+    Ok(())
+}
+
+/// The distribution the sampler draws from, computed apart from it in f64 with full sorts:
+/// temperature, top-k (with ties), softmax, top-p, typical-p.
+fn filtered_softmax(logits: &[f32], p: &model::SamplingParams) -> Vec<f64> {
+    let inv_t = 1.0 / p.temperature.max(1e-6);
+    let z: Vec<f64> = logits.iter().map(|&l| (l * inv_t) as f64).collect();
+    let mut order: Vec<usize> = (0..z.len()).collect();
+    order.sort_by(|&a, &b| z[b].total_cmp(&z[a]).then(a.cmp(&b)));
+    if p.top_k > 0 && p.top_k < z.len() {
+        let kth = z[order[p.top_k - 1]];
+        order.retain(|&i| z[i] >= kth);
+    }
+    let m = z[order[0]];
+    let mut probs = vec![0f64; z.len()];
+    for &i in &order {
+        probs[i] = (z[i] - m).exp();
+    }
+    let norm = |probs: &mut Vec<f64>| {
+        let s: f64 = probs.iter().sum();
+        probs.iter_mut().for_each(|x| *x /= s);
+    };
+    norm(&mut probs);
+    if p.top_p < 1.0 {
+        let mut mass = 0.0;
+        let mut keep = order.len();
+        for (k, &i) in order.iter().enumerate() {
+            mass += probs[i];
+            if mass >= p.top_p as f64 {
+                keep = k + 1;
+                break;
+            }
+        }
+        for &i in &order[keep..] {
+            probs[i] = 0.0;
+        }
+        order.truncate(keep);
+        norm(&mut probs);
+    }
+    if p.typical_p < 1.0 {
+        let h: f64 = -order.iter().map(|&i| probs[i] * probs[i].ln()).sum::<f64>();
+        let dev = |i: usize| (-probs[i].ln() - h).abs();
+        order.sort_by(|&a, &b| dev(a).total_cmp(&dev(b)));
+        let mut mass = 0.0;
+        let mut keep = order.len();
+        for (k, &i) in order.iter().enumerate() {
+            mass += probs[i];
+            if mass >= p.typical_p as f64 {
+                keep = k + 1;
+                break;
+            }
+        }
+        for &i in &order[keep..] {
+            probs[i] = 0.0;
+        }
+        norm(&mut probs);
+    }
+    probs
 }

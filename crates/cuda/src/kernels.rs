@@ -277,9 +277,43 @@ pub fn tc_variant() -> (usize, usize) {
     })
 }
 
-/// Registers and local bytes of the tensor-core kernel variant (u, b) for `rows` rows.
-pub fn tc_resources(gpu: &Gpu, rows: usize, u: usize, b: usize) -> Result<(i32, i32)> {
-    let m = gpu.module(
+/// The tensor-core kernel's cp.async ring: (slabs per warp, whether the activations go through
+/// it too); (0, false): weights loaded into registers, `tc_variant`'s u slabs at a time.
+/// MEDITRON_TC_ASYNC=A (weights) or Ax (weights and activations), A in 2..=16, or 0; default
+/// 2x (run 16, H200: batch-32 step 41.95 -> 40.81 ms; the weights alone through a deeper ring
+/// were no faster).
+pub fn tc_async() -> (usize, bool) {
+    static V: std::sync::OnceLock<(usize, bool)> = std::sync::OnceLock::new();
+    *V.get_or_init(|| {
+        let v = std::env::var("MEDITRON_TC_ASYNC").unwrap_or_else(|_| "2x".into());
+        let v = v.trim();
+        let (a, x) = match v.strip_suffix('x') {
+            Some(a) => (a, true),
+            None => (v, false),
+        };
+        a.parse()
+            .ok()
+            .filter(|a| (2..=16).contains(a))
+            .map_or((0, false), |a| (a, x))
+    })
+}
+
+/// Whether the tensor-core kernel loads each group's scales once (symmetric weights only): on
+/// unless MEDITRON_TC_HOIST=0.
+pub fn tc_hoist() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("MEDITRON_TC_HOIST").map_or(true, |v| v != "0"))
+}
+
+fn tc_module(
+    gpu: &Gpu,
+    rows: usize,
+    u: usize,
+    b: usize,
+    ring: (usize, bool),
+    hoist: bool,
+) -> Result<&'static crate::driver::Module> {
+    gpu.module(
         "gptq",
         &sources()[0].1,
         &[
@@ -287,9 +321,24 @@ pub fn tc_resources(gpu: &Gpu, rows: usize, u: usize, b: usize) -> Result<(i32, 
             ("NT", rows.div_ceil(8) as i64),
             ("TCU", u as i64),
             ("TCB", b as i64),
+            ("TCA", ring.0 as i64),
+            ("TCX", ring.1 as i64),
+            ("TCS", hoist as i64),
         ],
-    )?;
-    m.func("gptq_gemm_tc")?.resources()
+    )
+}
+
+/// Registers and local bytes of the tensor-core kernel variant (u, b, ring) for `rows` rows.
+pub fn tc_resources(
+    gpu: &Gpu,
+    rows: usize,
+    u: usize,
+    b: usize,
+    ring: (usize, bool),
+) -> Result<(i32, i32)> {
+    tc_module(gpu, rows, u, b, ring, tc_hoist())?
+        .func("gptq_gemm_tc")?
+        .resources()
 }
 
 /// Most activation rows of the tensor-core kernel, and the input rows each of its blocks covers.
@@ -300,10 +349,12 @@ pub const TC_KCH: usize = 1024;
 /// pair order, one copy per segment). out: [splits][rows][N] f32. Returns the split count.
 pub fn gptq_gemm_tc(gpu: &Gpu, w: &QLinear, x: u64, out: u64, rows: usize) -> Result<usize> {
     let (u, b) = tc_variant();
-    gptq_gemm_tc_variant(gpu, w, x, out, rows, u, b)
+    gptq_gemm_tc_variant(gpu, w, x, out, rows, u, b, tc_async())
 }
 
-/// `gptq_gemm_tc` with its compile-time variant named (see `tc_variant`).
+/// `gptq_gemm_tc` with its compile-time variant named (see `tc_variant`, `tc_async`; the ring
+/// needs N % 4 == 0 and falls back to register loads otherwise).
+#[allow(clippy::too_many_arguments)]
 pub fn gptq_gemm_tc_variant(
     gpu: &Gpu,
     w: &QLinear,
@@ -312,6 +363,7 @@ pub fn gptq_gemm_tc_variant(
     rows: usize,
     u: usize,
     b: usize,
+    ring: (usize, bool),
 ) -> Result<usize> {
     if !w.tc(rows) {
         bail!(
@@ -320,24 +372,28 @@ pub fn gptq_gemm_tc_variant(
             w.seg
         );
     }
-    let m = gpu.module(
-        "gptq",
-        &sources()[0].1,
-        &[
-            ("BITS", 4),
-            ("NT", rows.div_ceil(8) as i64),
-            ("TCU", u as i64),
-            ("TCB", b as i64),
-        ],
-    )?;
-    let f = m.func("gptq_gemm_tc")?;
+    let ring = if w.n.is_multiple_of(4) {
+        ring
+    } else {
+        (0, false)
+    };
+    let hoist = tc_hoist() && w.zeros.is_none();
+    let f = tc_module(gpu, rows, u, b, ring, hoist)?.func("gptq_gemm_tc")?;
+    // 4 warps x slabs x (4 x 72 weight words + NT x 8 rows x 16 activation words).
+    let slot = 4 * 72 + if ring.1 { rows.div_ceil(8) * 8 * 16 } else { 0 };
+    let smem = (4 * ring.0 * slot * 4) as u32;
+    if smem > 48 * 1024 {
+        bail!(
+            "tensor-core GEMM: a ring of {ring:?} slabs needs {smem} bytes of shared memory per block (at most 48 KB)"
+        );
+    }
     let splits = w.k.div_ceil(TC_KCH);
     let zeros = w.zeros.as_ref().map_or(0, |z| z.ptr);
     gpu.launch_dep(
         &f,
         (w.n.div_ceil(256) as u32, splits as u32, 1),
         128,
-        0,
+        smem,
         &[
             &w.qw.ptr,
             &w.scales.ptr,

@@ -38,8 +38,17 @@ mod tests {
                     driver::compile("gptq", &src, arch).unwrap_or_else(|e| panic!("{e:#}"));
                 }
             }
-            for nt in [2, 3, 4] {
-                let src = format!("#define BITS 4\n#define NT {nt}\n{gptq}");
+            for (nt, ring, x, hoist) in [
+                (2, 0, 0, 0),
+                (3, 0, 0, 1),
+                (4, 0, 0, 0),
+                (4, 8, 0, 1),
+                (3, 3, 1, 0),
+                (4, 2, 1, 1),
+            ] {
+                let src = format!(
+                    "#define BITS 4\n#define NT {nt}\n#define TCA {ring}\n#define TCX {x}\n#define TCS {hoist}\n{gptq}"
+                );
                 driver::compile("gptq", &src, arch).unwrap_or_else(|e| panic!("{e:#}"));
             }
             driver::compile("sample", &sample::source(), arch).unwrap_or_else(|e| panic!("{e:#}"));

@@ -501,6 +501,37 @@ extern "C" __global__ void copy_cols_u16(const u16* __restrict__ src, u16* __res
 #ifndef TCB
 #define TCB 1
 #endif
+// TCA > 0: each warp streams its weights through a ring of TCA slabs in shared memory with
+// cp.async (TCU is then unused): the bytes in flight no longer need registers, so a warp keeps
+// TCA - 1 slabs (7 KB at 8) on their way instead of one (1 KB in 8 registers), at the same
+// occupancy. Ring slot: 4 word rows x (64 + 8) columns, the padding making the lanes' reads
+// (row t, column g + c) fall in distinct banks. Needs N % 4 == 0; dynamic shared memory
+// 4 warps x TCA x 1152 bytes.
+#ifndef TCA
+#define TCA 0
+#endif
+// TCX (with TCA): the slab's activations (NT * 8 rows x 32 inputs, 64 bytes a row) go through the
+// ring too, instead of a global load per slab whose L2 latency the mmas wait for. Slot: 4 x 72
+// weight words, then NT * 8 x 16 x-words.
+#ifndef TCX
+#define TCX 0
+#endif
+#define TC_SLOT (4 * 72 + TCX * NT * 8 * 16)
+// TCS: symmetric weights (no zeros: z = 8, its offsets constants) with each group's scales loaded
+// once into registers instead of per slab (the per-slab scale and zero arithmetic was a third of
+// the kernel's ~480 instructions per slab and warp, ncu, run 16).
+#ifndef TCS
+#define TCS 0
+#endif
+__device__ __forceinline__ void cp_async16(u32* smem, const u32* gmem, int src_bytes) {
+    unsigned a = (unsigned)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(a), "l"(gmem), "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int n>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(n));
+}
 __device__ __forceinline__ u32 hmul2(u32 a, u32 b) {
     u32 d;
     asm("mul.rn.f16x2 %0, %1, %2;" : "=r"(d) : "r"(a), "r"(b));
@@ -539,6 +570,73 @@ extern "C" __global__ void __launch_bounds__(128, TCB) gptq_gemm_tc(
     for (int nt = 0; nt < NT; nt++) xr[nt] = x + (size_t)min(nt * 8 + g, rows - 1) * (K / 2) + 4 * t;
 
     if (s0 >= s1) pdl_wait();
+#if TCS
+    // This group's scales of the lane's 8 columns, as pairs; `left` slabs until the next group.
+    u32 s2v[8];
+    int grp = (s0 * 32) / group_size;
+    int left = (((grp + 1) * group_size) >> 5) - s0;
+    auto load_scales = [&]() {
+#pragma unroll
+        for (int i = 0; i < 8; i++) {
+            const u16 sc = __ldg(scales + (size_t)grp * N + (ok[i] ? col[i] : 0));
+            s2v[i] = pack2(sc, sc);
+        }
+    };
+    load_scales();
+#endif
+#if TCA
+    extern __shared__ u32 tc_ring[];
+    u32* ring = tc_ring + warp * (TCA * TC_SLOT);
+    // Lane L copies word row L / 8, columns 8 (L % 8) .. + 7 of each slab: two 16-byte chunks.
+    const int cr = lane >> 3, cc = 8 * (lane & 7);
+    auto issue = [&](int s) {
+        u32* d = ring + (s % TCA) * TC_SLOT + cr * 72 + cc;
+        const u32* src = qw + (size_t)(s * 4 + cr) * N + cb + cc;
+        // Columns past N: zero-filled, read from a valid address.
+        cp_async16(d, cb + cc < N ? src : qw, cb + cc < N ? 16 : 0);
+        cp_async16(d + 4, cb + cc + 4 < N ? src + 4 : qw, cb + cc + 4 < N ? 16 : 0);
+    };
+    // x of slab s: lane L copies 16-byte chunks L, L + 32, ... (row c / 4, quarter c % 4).
+    auto issue_x = [&](int s) {
+#if TCX
+        u32* d = ring + (s % TCA) * TC_SLOT + 4 * 72;
+#pragma unroll
+        for (int c = lane; c < NT * 32; c += 32) {
+            const int row = c >> 2, part = c & 3;
+            cp_async16(d + row * 16 + part * 4, x + (size_t)min(row, rows - 1) * (K / 2) + s * 16 + part * 4, 16);
+        }
+#else
+        (void)s;
+#endif
+    };
+#pragma unroll
+    for (int p = 0; p < TCA - 1; p++)
+        if (s0 + p < s1) issue(s0 + p);
+    if (s0 < s1) pdl_wait();  // the first weights are on their way; x is the previous kernel's
+    // Group p holds slab p's x (and group 0 the weights of slabs 0 .. TCA - 2 as well).
+#pragma unroll
+    for (int p = 0; p < TCA - 1; p++) {
+        if (s0 + p < s1) issue_x(s0 + p);
+        cp_async_commit();
+    }
+    for (int s = s0; s < s1; s++) {
+        const int u = 0;
+        __syncwarp();  // every lane is done with the slot about to be refilled
+        if (s + TCA - 1 < s1) {
+            issue(s + TCA - 1);
+            issue_x(s + TCA - 1);
+        }
+        cp_async_commit();
+        cp_async_wait<TCA - 1>();  // this slab's group has landed (for this lane's copies)
+        __syncwarp();              // ... and for every lane's
+        u32 w[1][8];
+        {
+            const u32* b = ring + (s % TCA) * TC_SLOT + t * 72 + g;
+#pragma unroll
+            for (int i = 0; i < 8; i++) w[0][i] = b[16 * (i >> 1) + 8 * (i & 1)];
+        }
+        {
+#else
     for (int sb = s0; sb < s1; sb += TCU) {
         u32 w[TCU][8];
 #pragma unroll
@@ -551,16 +649,38 @@ extern "C" __global__ void __launch_bounds__(128, TCB) gptq_gemm_tc(
         for (int u = 0; u < TCU; u++) {
             const int s = sb + u;
             if (s >= s1) break;
+#endif
             uint4 xv[NT];
+#if TCA && TCX
+            {
+                const u32* b = ring + (s % TCA) * TC_SLOT + 4 * 72 + g * 16 + 4 * t;
+#pragma unroll
+                for (int nt = 0; nt < NT; nt++) xv[nt] = *(const uint4*)(b + nt * 8 * 16);
+            }
+#else
 #pragma unroll
             for (int nt = 0; nt < NT; nt++) xv[nt] = __ldg((const uint4*)(xr[nt] + (size_t)s * 16));
+#endif
+#if TCS
+            if (left == 0) {
+                grp++;
+                left = group_size >> 5;
+                load_scales();
+            }
+            left--;
+#else
             const int grp = (s * 32) / group_size;
+#endif
 #pragma unroll
             for (int a = 0; a < 4; a++) {
                 u32 q[2][4];
 #pragma unroll
                 for (int h = 0; h < 2; h++) {
                     const int i = 2 * a + h;
+#if TCS
+                    // (1024 + n) - (1024 + 8) and (16 (1024 + n)) / 16 - (64 + 8), as pairs.
+                    const u32 s2 = s2v[i], zlo = 0x64086408u, zhi = 0xD480D480u;
+#else
                     const int c = ok[i] ? col[i] : 0;
                     const u16 sc = __ldg(scales + (size_t)grp * N + c);
                     const u32 z = zeros ? (u32)__ldg(zeros + (size_t)grp * N + c) : (1u << (BITS - 1));
@@ -568,6 +688,7 @@ extern "C" __global__ void __launch_bounds__(128, TCB) gptq_gemm_tc(
                     const u32 zlo = (0x6400u | z) * 0x10001u;
                     const u16 zh = f2h(-(64.f + (float)z));
                     const u32 zhi = pack2(zh, zh);
+#endif
                     const u32 v = w[u][i], v2 = v >> 8;
                     q[h][0] = hmul2(hsub2((v & 0x000F000Fu) | 0x64006400u, zlo), s2);
                     q[h][1] = hmul2(hfma2((v & 0x00F000F0u) | 0x64006400u, 0x2C002C00u, zhi), s2);

@@ -352,9 +352,10 @@ extern "C" __global__ void __launch_bounds__(NT) sample_rows(float* logits, int 
             }
             entropy = block_sum(e, s.red);
         }
+        const float kept_sum = sum;  // the typical cut's normalizer (sum changes below)
         auto tkey = [&](int i, u32& k, float& w) {
             bool in = pkept(i, k, w);
-            float p = w / sum;
+            float p = w / kept_sum;
             float dev = p > 0.f ? fabsf(-__logf(p) - entropy) : INFINITY;
             k = ~fkey(dev);
             return in;
