@@ -198,22 +198,28 @@ impl ServeModel {
 
     /// Captures the step graphs of every row count up to 32 before requests arrive (each
     /// takes an eager step and a capture, ~0.1 s; made on demand they would stall the first
-    /// steps of a busy server). Writes keys/values at position 0 of page 0, which no sequence
-    /// owns yet.
+    /// steps of a busy server), and compiles the sampling kernel with one sampled step. Writes
+    /// keys/values at position 0 of page 0, which no sequence owns yet.
     pub fn warm_up(&mut self) -> Result<()> {
         let page = [0u32];
+        let row = Row {
+            token: 0,
+            pos: 0,
+            slot: 0,
+            logits: true,
+        };
         for n in 1..=TC_MAX_ROWS {
-            let rows = vec![
-                Row {
-                    token: 0,
-                    pos: 0,
-                    slot: 0,
-                    logits: true,
-                };
-                n
-            ];
-            self.forward(&rows, &[&page])?;
+            self.forward(&vec![row; n], &[&page])?;
         }
+        let greedy = model::SamplingParams::default();
+        let spec = SampleRow {
+            params: &greedy,
+            uniform: 0.0,
+            context: &[],
+            generated: &[],
+            top_n: 1,
+        };
+        self.forward_sampled(&[row], &[&page], &[Some(spec)])?;
         Ok(())
     }
 
