@@ -50,6 +50,7 @@ fn main() -> anyhow::Result<()> {
         act_order: true,
         static_groups: false,
         damp: 0.1,
+        mse: false,
     };
     let t = Instant::now();
     let (q, stats) = gptq::gptq(&w, n, k, &h, &p)?;

@@ -27,6 +27,9 @@ pub struct QuantParams {
     pub static_groups: bool,
     /// Fraction of the mean Hessian diagonal added to the diagonal.
     pub damp: f64,
+    /// Each group's range shrunk to the grid with the least squared rounding error
+    /// (AutoGPTQ's `mse` option) instead of the full min..max.
+    pub mse: bool,
 }
 
 /// Codes and grid of one quantized matrix, in checkpoint order (rows = inputs, unpermuted).
@@ -105,8 +108,23 @@ fn grid(xmin: f32, xmax: f32, p: &QuantParams) -> Grid {
 
 #[inline]
 fn quant(w: f32, g: Grid, maxq: f32) -> (u8, f32) {
-    let q = ((w / g.scale).round_ties_even() + g.zero).clamp(0.0, maxq);
+    let q = (round_ties_even(w / g.scale) + g.zero).clamp(0.0, maxq);
     (q as u8, g.scale * (q - g.zero))
+}
+
+/// `x.round_ties_even()` wherever it matters here (|x| < 2^22; beyond, `x` itself, which the
+/// clamp to the codes maps to the same end) without a libm call: without SSE4.1 in the
+/// baseline target that call is per element and keeps the loops scalar. Adding and
+/// subtracting 1.5 * 2^23 rounds to an integer in the default (nearest-even) mode.
+#[inline]
+fn round_ties_even(x: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0;
+    let r = (x + SHIFT) - SHIFT;
+    if x.abs() < 4_194_304.0 {
+        r
+    } else {
+        x
+    }
 }
 
 /// Grids of the `rows` rows starting at `r0` of a `[k, n]` row-major matrix, one per output.
@@ -122,6 +140,48 @@ fn fit_rows(wt: &[f32], n: usize, r0: usize, rows: usize, p: &QuantParams, out: 
     }
     for j in 0..n {
         out[j] = grid(lo[j], hi[j], p);
+    }
+    if p.mse {
+        shrink_to_least_squares(wt, n, r0, rows, p, &lo, &hi, out);
+    }
+}
+
+/// Per output, the range shrunk by 1.00, 0.99, ... 0.21 whose grid rounds the group's weights
+/// with the least squared error (AutoGPTQ's `mse` search, with norm 2).
+#[allow(clippy::too_many_arguments)]
+fn shrink_to_least_squares(
+    wt: &[f32],
+    n: usize,
+    r0: usize,
+    rows: usize,
+    p: &QuantParams,
+    lo: &[f32],
+    hi: &[f32],
+    out: &mut [Grid],
+) {
+    let maxq = ((1u32 << p.bits) - 1) as f32;
+    let mut best = vec![f32::INFINITY; n];
+    let mut err = vec![0f32; n];
+    let mut cand = out.to_vec();
+    for i in 0..80 {
+        let f = 1.0 - i as f32 / 100.0;
+        for j in 0..n {
+            cand[j] = grid(lo[j] * f, hi[j] * f, p);
+        }
+        err.fill(0.0);
+        for r in r0..r0 + rows {
+            let row = &wt[r * n..(r + 1) * n];
+            for j in 0..n {
+                let d = quant(row[j], cand[j], maxq).1 - row[j];
+                err[j] += d * d;
+            }
+        }
+        for j in 0..n {
+            if err[j] < best[j] {
+                best[j] = err[j];
+                out[j] = cand[j];
+            }
+        }
     }
 }
 
@@ -524,6 +584,77 @@ fn sampled_error(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounding_matches_the_standard_library_where_codes_come_from() {
+        let mut x = 1u32;
+        for _ in 0..100_000 {
+            x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+            let v = f32::from_bits(x);
+            if v.is_finite() && v.abs() < 4_194_304.0 {
+                // Equal as values (-0.0 may come out as 0.0; the zero point is added next).
+                assert_eq!(round_ties_even(v), v.round_ties_even(), "{v}");
+            }
+        }
+        for v in [0.5f32, 1.5, 2.5, -0.5, -1.5, -2.5, 4_194_303.5, -7.49999] {
+            assert_eq!(round_ties_even(v), v.round_ties_even(), "{v}");
+        }
+        let g = Grid {
+            scale: 1e-30,
+            zero: 8.0,
+        };
+        assert_eq!(quant(1.0, g, 15.0).0, 15);
+        assert_eq!(quant(-1.0, g, 15.0).0, 0);
+    }
+
+    #[test]
+    fn mse_search_picks_the_shrunk_grid_with_the_least_squared_error() {
+        // Two outputs over a group of 128 inputs: bell-shaped values (sums of uniforms), the
+        // range set by a few tails, where shrinking it rounds the bulk more finely.
+        let (n, rows) = (2, 128);
+        let mut x = 12345u32;
+        let mut uniform = || {
+            x = x.wrapping_mul(1664525).wrapping_add(1013904223);
+            (x >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        let wt: Vec<f32> = (0..rows * n)
+            .map(|_| (0..4).map(|_| uniform()).sum::<f32>())
+            .collect();
+        let mut p = QuantParams {
+            bits: 4,
+            group_size: Some(rows),
+            sym: true,
+            act_order: false,
+            static_groups: false,
+            damp: 0.01,
+            mse: false,
+        };
+        let err = |g: Grid, j: usize| -> f32 {
+            (0..rows)
+                .map(|r| (quant(wt[r * n + j], g, 15.0).1 - wt[r * n + j]).powi(2))
+                .sum()
+        };
+        let zero = Grid {
+            scale: 0.0,
+            zero: 0.0,
+        };
+        let mut plain = [zero; 2];
+        fit_rows(&wt, n, 0, rows, &p, &mut plain);
+        p.mse = true;
+        let mut shrunk = [zero; 2];
+        fit_rows(&wt, n, 0, rows, &p, &mut shrunk);
+        for j in 0..n {
+            assert!(shrunk[j].scale < plain[j].scale, "output {j}: not shrunk");
+            assert!(err(shrunk[j], j) < 0.9 * err(plain[j], j), "output {j}");
+            let (lo, hi) = (0..rows).fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), r| {
+                (a.min(wt[r * n + j]), b.max(wt[r * n + j]))
+            });
+            for i in 0..80 {
+                let f = 1.0 - i as f32 / 100.0;
+                assert!(err(grid(lo * f, hi * f, &p), j) >= err(shrunk[j], j));
+            }
+        }
+    }
 
     #[test]
     fn sampled_error_is_exact_below_the_threshold_and_scales_a_row_sample() {

@@ -291,6 +291,7 @@ pub fn quantize_model(o: &Options) -> Result<Summary> {
         ),
         ("gptq_sym".to_owned(), o.params.sym.to_string()),
         ("gptq_damp_percent".to_owned(), o.params.damp.to_string()),
+        ("gptq_mse".to_owned(), o.params.mse.to_string()),
         (
             "gptq_true_sequential".to_owned(),
             o.true_sequential.to_string(),

@@ -76,6 +76,7 @@ fn params(bits: u32, group: Option<usize>, act: bool, stat: bool) -> QuantParams
         act_order: act,
         static_groups: stat,
         damp: 0.01,
+        mse: false,
     }
 }
 

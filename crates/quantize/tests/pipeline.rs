@@ -124,6 +124,7 @@ fn params(bits: u32, group: Option<usize>, act: bool) -> QuantParams {
         act_order: act,
         static_groups: false,
         damp: 0.1,
+        mse: false,
     }
 }
 

@@ -53,6 +53,10 @@ pub struct Args {
     /// Damping: fraction of the mean Hessian diagonal added to the diagonal
     #[arg(long, default_value_t = 0.1)]
     pub damp: f64,
+    /// Shrink each group's range to the grid with the least squared rounding error (AutoGPTQ's
+    /// `mse`; better perplexity at 4 bits and fewer, quantizing slower)
+    #[arg(long)]
+    pub mse: bool,
     /// Quantize each layer's projections in AutoGPTQ's subsets, each calibrated on the
     /// outputs of the already quantized ones (`--true-sequential false` to turn off)
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
@@ -138,6 +142,7 @@ pub fn run(args: Args) -> Result<()> {
             act_order: args.act_order,
             static_groups: args.static_groups,
             damp: args.damp,
+            mse: args.mse,
         },
         true_sequential: args.true_sequential,
         format: match args.format {
