@@ -345,6 +345,7 @@ pub fn check_all(gpu: &Gpu) -> Result<Report> {
         check_llama_ops(gpu, &mut rng, heads, &mut r)?;
         check_gemv_rope(gpu, &mut rng, heads, &mut r)?;
     }
+    check_gemv_swiglu(gpu, &mut rng, &mut r)?;
     check_sampling(gpu, &mut rng, &mut r)?;
     Ok(r)
 }
@@ -432,6 +433,104 @@ fn check_gemv_rope(gpu: &Gpu, rng: &mut Rng, hd: Heads, r: &mut Report) -> Resul
         );
         r.check(
             &format!("gptq_gemv {bits}-bit + RoPE folded in: counters reset {tag}"),
+            if cz { 0.0 } else { 1.0 },
+            0.0,
+        );
+    }
+    Ok(())
+}
+
+/// The gate|up GEMV of one row with swiglu folded in (MEDITRON_FUSE_SWIGLU=1): against the CPU
+/// (the spec's dequantization, then silu(gate) * up with transformers' fp16 roundings, scattered
+/// through down_proj's inverse permutation) and bit for bit against the GEMV + swiglu pair;
+/// twice, so the counters must have reset themselves.
+fn check_gemv_swiglu(gpu: &Gpu, rng: &mut Rng, r: &mut Report) -> Result<()> {
+    let ops = Ops {
+        gpu,
+        heads: Heads {
+            n_heads: 64,
+            n_kv: 8,
+            head_dim: 128,
+        },
+    };
+    let (k, inter) = (2304usize, 640usize);
+    let n = 2 * inter;
+    for bits in [4u32, 3] {
+        let sym = bits == 3;
+        let p = random_gptq(rng, bits, k, n, Some(128), true, sym)?;
+        let wref = p.dequant_ref(); // [K][N], sorted rows
+        let q = upload_q(gpu, &p)?;
+        // x in the sorted row order (as the norm kernel leaves it), then in pair order.
+        let xs: Vec<u16> = (0..k).map(|_| h(rng.normal())).collect();
+        let mut shuffled = vec![0u16; k];
+        for (i, &v) in xs.iter().enumerate() {
+            shuffled[crate::gptq::xpos(i, bits)] = v;
+        }
+        let xd = gpu.upload(&shuffled)?;
+        let mut yref = vec![0f64; n];
+        for kk in 0..k {
+            let xv = f(xs[kk]) as f64;
+            for c in 0..n {
+                yref[c] += xv * wref[kk * n + c] as f64;
+            }
+        }
+        let mut inv: Vec<i32> = (0..inter as i32).collect();
+        for i in (1..inter).rev() {
+            inv.swap(i, rng.u32() as usize % (i + 1));
+        }
+        let mut aref = vec![0f32; inter];
+        for j in 0..inter {
+            let g = f(h(yref[j] as f32));
+            let u = f(h(yref[inter + j] as f32));
+            aref[inv[j] as usize] = f(h(g / (1.0 + (-g).exp()))) * u;
+        }
+        let iv = gpu.upload(&inv)?;
+        let part = gpu.alloc(q.splits() * n * 4)?;
+        let read_a = |b: &Buf| -> Result<(Vec<u16>, Vec<f32>)> {
+            let got: Vec<u16> = gpu.read(b, 0, inter)?;
+            let y = (0..inter)
+                .map(|i| f(got[crate::gptq::xpos(i, bits)]))
+                .collect();
+            Ok((got, y))
+        };
+        // Unfused: GEMV, then swiglu.
+        let a1 = poisoned(gpu, inter * 2)?;
+        let s = gptq_gemv(gpu, &q, xd.ptr, part.ptr, 1)?;
+        ops.swiglu(part.ptr, s, 1, iv.ptr, a1.ptr, inter, bits)?;
+        let (bits1, y1) = read_a(&a1)?;
+        r.check(
+            &format!("gptq_gemv {bits}-bit act-order + swiglu (unfused) vs CPU"),
+            rel_err(&y1, &aref),
+            4e-3,
+        );
+        let counters = gpu.upload(&vec![0u32; inter / 128])?;
+        let a2 = poisoned(gpu, inter * 2)?;
+        let args = crate::kernels::SwigluArgs {
+            inv_perm: iv.ptr,
+            out: a2.ptr,
+            inter: inter as i32,
+            xbits: bits as i32,
+        };
+        for _ in 0..2 {
+            crate::kernels::gptq_gemv_swiglu(gpu, &q, xd.ptr, part.ptr, &args, counters.ptr)?;
+        }
+        let (bits2, y2) = read_a(&a2)?;
+        r.check(
+            &format!("gptq_gemv {bits}-bit + SwiGLU folded in vs CPU"),
+            rel_err(&y2, &aref),
+            4e-3,
+        );
+        r.check(
+            &format!("gptq_gemv {bits}-bit + SwiGLU folded in vs GEMV + swiglu (bit-exact)"),
+            if bits1 == bits2 { 0.0 } else { 1.0 },
+            0.0,
+        );
+        let cz = gpu
+            .read::<u32>(&counters, 0, inter / 128)?
+            .iter()
+            .all(|&c| c == 0);
+        r.check(
+            &format!("gptq_gemv {bits}-bit + SwiGLU folded in: counters reset"),
             if cz { 0.0 } else { 1.0 },
             0.0,
         );

@@ -146,9 +146,68 @@ pub fn gptq_gemv_fused(
             RESID_TILES * 128
         );
     }
-    let (rp, sp, cp) = resid.unwrap_or((0, 0, 0));
-    let mode = i64::from(resid.is_some());
-    gemv_launch(gpu, w, x, out, nb, mode, (rp, sp, cp), &RopeArgs::default())
+    gemv_launch(gpu, w, x, out, nb, resid.map_or(Fold::None, Fold::Resid))
+}
+
+/// What a GEMV does after its product, in its last block per column tile (compile-time RESID).
+#[derive(Clone, Copy)]
+enum Fold<'a> {
+    /// Partial sums only (RESID 0).
+    None,
+    /// Added into the residual stream, with sums of squares (RESID 1).
+    Resid(ResidAdd),
+    /// RoPE and the KV-cache append of one row (RESID 2), with [N / 128] counters.
+    Rope(&'a RopeArgs, u64),
+    /// silu(gate) * up of one row (RESID 3), with [N / 256] counters.
+    Swiglu(&'a SwigluArgs, u64),
+}
+
+/// Where the gate|up GEMV of one row puts silu(gate) * up when it applies SwiGLU itself
+/// (`gptq_gemv_swiglu`); the layout of `struct SwigluArgs` in gptq.cu.
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+pub struct SwigluArgs {
+    /// [inter] i32: down_proj's inverse act-order permutation, or 0.
+    pub inv_perm: u64,
+    /// [inter] fp16, down_proj's input in `xbits`' pair order.
+    pub out: u64,
+    pub inter: i32,
+    pub xbits: i32,
+}
+
+impl crate::driver::Arg for SwigluArgs {
+    fn ptr(&self) -> *mut std::ffi::c_void {
+        self as *const SwigluArgs as *mut std::ffi::c_void
+    }
+}
+
+/// The gate|up product of one row with swiglu folded in: gate tile t and up tile t share counter
+/// t, and the last of their blocks sums both tiles' splits (swiglu's order and arithmetic, so the
+/// same bits) and writes silu(gate) * up into down_proj's input, so no swiglu launch follows.
+/// `counters`: [inter / 128] u32, zero before and after. N must be 2 * inter, inter a multiple
+/// of 128 with at most RESID_TILES tiles.
+pub fn gptq_gemv_swiglu(
+    gpu: &Gpu,
+    w: &QLinear,
+    x: u64,
+    out: u64,
+    sw: &SwigluArgs,
+    counters: u64,
+) -> Result<usize> {
+    let inter = sw.inter as usize;
+    if inter == 0
+        || !inter.is_multiple_of(128)
+        || w.n != 2 * inter
+        || inter / 128 > RESID_TILES
+        || ![3, 4, 16].contains(&sw.xbits)
+    {
+        bail!(
+            "GEMV with SwiGLU: N = {} must be 2 x inter ({inter}), inter a multiple of 128 up to {}",
+            w.n,
+            RESID_TILES * 128
+        );
+    }
+    gemv_launch(gpu, w, x, out, 1, Fold::Swiglu(sw, counters))
 }
 
 /// Where the q|k|v GEMV of one row puts its rotated outputs when it applies RoPE itself
@@ -195,22 +254,23 @@ pub fn gptq_gemv_rope(
             w.n
         );
     }
-    gemv_launch(gpu, w, x, out, 1, 2, (0, 0, counters), rope)
+    gemv_launch(gpu, w, x, out, 1, Fold::Rope(rope, counters))
 }
 
-#[allow(clippy::too_many_arguments)]
-fn gemv_launch(
-    gpu: &Gpu,
-    w: &QLinear,
-    x: u64,
-    out: u64,
-    nb: usize,
-    mode: i64,
-    (rp, sp, cp): ResidAdd,
-    rope: &RopeArgs,
-) -> Result<usize> {
+fn gemv_launch(gpu: &Gpu, w: &QLinear, x: u64, out: u64, nb: usize, fold: Fold) -> Result<usize> {
     if !(1..=8).contains(&nb) {
         bail!("GEMV batch {nb} out of 1..=8");
+    }
+    let no_rope = RopeArgs::default();
+    let no_sw = SwigluArgs::default();
+    let (mode, (rp, sp, cp), rope, sw) = match fold {
+        Fold::None => (0, (0, 0, 0), &no_rope, &no_sw),
+        Fold::Resid(add) => (1, add, &no_rope, &no_sw),
+        Fold::Rope(r, c) => (2, (0, 0, c), r, &no_sw),
+        Fold::Swiglu(s, c) => (3, (0, 0, c), &no_rope, s),
+    };
+    if mode >= 2 && nb != 1 {
+        bail!("GEMV with RoPE or SwiGLU folded in takes one row");
     }
     let kwv = w.kw;
     let spf = if w.group_size == w.k {
@@ -233,10 +293,11 @@ fn gemv_launch(
     )?;
     let f = m.func("gptq_gemv")?;
     let splits = w.splits();
+    let grid = (w.n.div_ceil(128) as u32, splits as u32, 1);
     let zeros = w.zeros.as_ref().map_or(0, |z| z.ptr);
     gpu.launch_dep(
         &f,
-        (w.n.div_ceil(128) as u32, splits as u32, 1),
+        grid,
         256,
         0,
         &[
@@ -255,6 +316,7 @@ fn gemv_launch(
             &sp,
             &cp,
             rope,
+            sw,
         ],
     )?;
     Ok(splits)
