@@ -123,3 +123,17 @@ __device__ __forceinline__ int xpos(int k, int xbits) {
         return k;
     return base + p;
 }
+
+// The warp's largest (value, index) pair in every lane; ties go to the lower index (the CPU's
+// first maximum).
+__device__ __forceinline__ void warp_argmax(float& v, int& i) {
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, v, o);
+        int oi = __shfl_xor_sync(0xffffffffu, i, o);
+        if (ov > v || (ov == v && oi < i)) {
+            v = ov;
+            i = oi;
+        }
+    }
+}

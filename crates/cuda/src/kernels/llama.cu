@@ -523,15 +523,7 @@ extern "C" __global__ void __launch_bounds__(1024) argmax_step(const float* __re
             idx = i;
         }
     }
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, best, o);
-        int oi = __shfl_xor_sync(0xffffffffu, idx, o);
-        if (ov > best || (ov == best && oi < idx)) {
-            best = ov;
-            idx = oi;
-        }
-    }
+    warp_argmax(best, idx);
     if (lane == 0) {
         bv[warp] = best;
         bi[warp] = idx;

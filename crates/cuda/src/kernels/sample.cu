@@ -246,15 +246,7 @@ extern "C" __global__ void __launch_bounds__(NT) sample_rows(float* logits, int 
     }
     {
         int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-            float om = __shfl_xor_sync(0xffffffffu, m, o);
-            int oi = __shfl_xor_sync(0xffffffffu, am, o);
-            if (om > m || (om == m && oi < am)) {
-                m = om;
-                am = oi;
-            }
-        }
+        warp_argmax(m, am);
         if (lane == 0) {
             s.red[warp] = m;
             s.ired[warp] = am;
@@ -263,15 +255,7 @@ extern "C" __global__ void __launch_bounds__(NT) sample_rows(float* logits, int 
         if (warp == 0) {
             m = s.red[lane];
             am = s.ired[lane];
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1) {
-                float om = __shfl_xor_sync(0xffffffffu, m, o);
-                int oi = __shfl_xor_sync(0xffffffffu, am, o);
-                if (om > m || (om == m && oi < am)) {
-                    m = om;
-                    am = oi;
-                }
-            }
+            warp_argmax(m, am);
             if (lane == 0) {
                 s.red[0] = m;
                 s.ired[0] = am;
