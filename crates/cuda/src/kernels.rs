@@ -146,7 +146,7 @@ pub fn gptq_gemv_fused(
             RESID_TILES * 128
         );
     }
-    gemv_launch(gpu, w, x, out, nb, resid.map_or(Fold::None, Fold::Resid), None)
+    gemv_launch(gpu, w, x, out, nb, resid.map_or(Fold::None, Fold::Resid))
 }
 
 /// What a GEMV does after its product, in its last block per column tile (compile-time RESID).
@@ -207,7 +207,7 @@ pub fn gptq_gemv_swiglu(
             RESID_TILES * 128
         );
     }
-    gemv_launch(gpu, w, x, out, 1, Fold::Swiglu(sw, counters), None)
+    gemv_launch(gpu, w, x, out, 1, Fold::Swiglu(sw, counters))
 }
 
 /// Where the q|k|v GEMV of one row puts its rotated outputs when it applies RoPE itself
@@ -254,74 +254,10 @@ pub fn gptq_gemv_rope(
             w.n
         );
     }
-    gemv_launch(gpu, w, x, out, 1, Fold::Rope(rope, counters), None)
+    gemv_launch(gpu, w, x, out, 1, Fold::Rope(rope, counters))
 }
 
-/// The RMSNorm a GEMV applies to its own input (`gptq_gemv_norm`); the layout of `struct
-/// NormArgs` in gptq.cu.
-#[repr(C)]
-#[derive(Clone, Copy, Default, Debug)]
-pub struct NormArgs {
-    /// [rows][K] f32 residual stream.
-    pub h: u64,
-    /// [rows][nss] f32 sums of squares of h per 128-column tile (a residual-add GEMV's).
-    pub ss: u64,
-    /// [K] fp16 norm weight.
-    pub w: u64,
-    /// [segments][K] i32 act-order gather (sorted row -> original row), or 0.
-    pub perm: u64,
-    pub nss: i32,
-    pub eps: f32,
-}
-
-impl crate::driver::Arg for NormArgs {
-    fn ptr(&self) -> *mut std::ffi::c_void {
-        self as *const NormArgs as *mut std::ffi::c_void
-    }
-}
-
-/// Most rows, and sums of squares per row, a GEMV with the norm folded in takes.
-pub const NORM_ROWS: usize = 4;
-const NORM_SS: usize = 256;
-
-/// Whether `gptq_gemv_norm` takes this linear: every 128-column tile within one permutation
-/// segment (the block gathers its input once).
-pub fn norm_foldable(w: &QLinear, rows: usize, nss: usize) -> bool {
-    (1..=NORM_ROWS).contains(&rows)
-        && nss <= NORM_SS
-        && w.seg.iter().all(|&b| b == w.n || b.is_multiple_of(128))
-}
-
-/// RMSNorm + act-order gather + GEMV in one launch: each block normalizes the input rows it
-/// reads from `norm.h` itself (rmsnorm_gather's arithmetic and order, so the same bits as that
-/// kernel followed by `gptq_gemv`) instead of reading a normalized copy. out: [splits][nb][N]
-/// f32. Returns the split count.
-pub fn gptq_gemv_norm(
-    gpu: &Gpu,
-    w: &QLinear,
-    out: u64,
-    nb: usize,
-    norm: &NormArgs,
-) -> Result<usize> {
-    if !norm_foldable(w, nb, norm.nss as usize) {
-        bail!(
-            "GEMV with the norm folded in: {nb} rows, {} sums of squares, parts at {:?} (at most {NORM_ROWS} rows, {NORM_SS} sums, parts on 128-column tiles)",
-            norm.nss,
-            w.seg
-        );
-    }
-    gemv_launch(gpu, w, 0, out, nb, Fold::None, Some(norm))
-}
-
-fn gemv_launch(
-    gpu: &Gpu,
-    w: &QLinear,
-    x: u64,
-    out: u64,
-    nb: usize,
-    fold: Fold,
-    norm: Option<&NormArgs>,
-) -> Result<usize> {
+fn gemv_launch(gpu: &Gpu, w: &QLinear, x: u64, out: u64, nb: usize, fold: Fold) -> Result<usize> {
     if !(1..=8).contains(&nb) {
         bail!("GEMV batch {nb} out of 1..=8");
     }
@@ -353,11 +289,9 @@ fn gemv_launch(
             ("SPF", spf as i64),
             ("RESID", mode),
             ("LOP3", gemv_lop3() as i64),
-            ("NORM", norm.is_some() as i64),
         ],
     )?;
     let f = m.func("gptq_gemv")?;
-    let no_norm = NormArgs::default();
     let splits = w.splits();
     let grid = (w.n.div_ceil(128) as u32, splits as u32, 1);
     let zeros = w.zeros.as_ref().map_or(0, |z| z.ptr);
@@ -383,7 +317,6 @@ fn gemv_launch(
             &cp,
             rope,
             sw,
-            norm.unwrap_or(&no_norm),
         ],
     )?;
     Ok(splits)

@@ -31,10 +31,10 @@ mod tests {
         let [(_, gptq), (_, llama)] = kernels::sources();
         for arch in ["sm_90", "sm_80"] {
             for bits in [3, 4, 8] {
-                for (nb, spf, norm) in [(1, 4, 0), (1, 1, 1), (4, 2, 0), (4, 2, 1)] {
+                for (nb, spf) in [(1, 4), (1, 1), (4, 2)] {
                     let kw = if bits == 8 { 64 } else { 128 };
                     let spf = spf.min(kw / 32);
-                    let src = format!("#define BITS {bits}\n#define NB {nb}\n#define KW {kw}\n#define SPF {spf}\n#define NORM {norm}\n{gptq}");
+                    let src = format!("#define BITS {bits}\n#define NB {nb}\n#define KW {kw}\n#define SPF {spf}\n{gptq}");
                     driver::compile("gptq", &src, arch).unwrap_or_else(|e| panic!("{e:#}"));
                 }
             }

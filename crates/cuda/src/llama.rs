@@ -5,9 +5,8 @@
 
 use crate::driver::{Buf, Event, Gpu, Graph};
 use crate::kernels::{
-    gptq_dequant_cols, gptq_gemm_tc, gptq_gemv, gptq_gemv_fused, gptq_gemv_norm, gptq_gemv_rope,
-    gptq_gemv_swiglu, norm_foldable, Heads, Ops, NormArgs, QLinear, RopeArgs, SwigluArgs,
-    ATTN_SPLIT, PAGE,
+    gptq_dequant_cols, gptq_gemm_tc, gptq_gemv, gptq_gemv_fused, gptq_gemv_rope, gptq_gemv_swiglu,
+    Heads, Ops, QLinear, RopeArgs, SwigluArgs, ATTN_SPLIT, PAGE,
 };
 use anyhow::{bail, Context, Result};
 use std::cell::Cell;
@@ -576,46 +575,6 @@ impl<'g> Runner<'g> {
         }
     }
 
-    /// The norm before `next` done by next's GEMV itself (`gptq_gemv_norm`), where it can be:
-    /// GPTQ GEMV rows, h already summed by a residual-add GEMV (`fused`, `s` its tiles).
-    /// MEDITRON_FUSE_NORM=0 keeps the separate rmsnorm_gather launch.
-    fn norm_fold(
-        &self,
-        st: &State,
-        rows: usize,
-        s: usize,
-        fused: bool,
-        w: u64,
-        next: &Linear,
-    ) -> Option<NormArgs> {
-        match next {
-            Linear::Q(q) if fused && fuse_norm() && norm_foldable(q, rows, s) => Some(NormArgs {
-                h: st.h.ptr,
-                ss: st.ss.ptr,
-                w,
-                perm: next.perm(rows),
-                nss: s as i32,
-                eps: self.model.cfg.eps,
-            }),
-            _ => None,
-        }
-    }
-
-    /// `matmul` of st.xh, or with the norm folded in (`norm_fold`) of the residual stream.
-    fn matmul_normed(
-        &self,
-        st: &State,
-        lin: &Linear,
-        norm: Option<&NormArgs>,
-        rows: usize,
-        pf: Option<&Prefetch>,
-    ) -> Result<usize> {
-        match (lin, norm) {
-            (Linear::Q(q), Some(n)) => gptq_gemv_norm(self.gpu, q, st.part.ptr, rows, n),
-            _ => self.matmul(st, lin, st.xh.ptr, rows, pf),
-        }
-    }
-
     /// x: [rows][K] fp16 -> st.part; returns the number of partial sums.
     fn matmul(
         &self,
@@ -690,18 +649,13 @@ impl<'g> Runner<'g> {
         // Whether the last product added itself into h (s is then its sums of squares per row).
         let mut fused = false;
         for (li, l) in self.model.layers.iter().enumerate() {
-            let fuse_rope = !skip && rows == 1 && fuse_rope() && 128 % c.head_dim == 0;
-            let nq = match fuse_rope || skip {
-                true => None,
-                false => self.norm_fold(st, rows, s, fused, l.attn_norm.ptr, &l.qkv),
-            };
-            if !skip && nq.is_none() {
+            if !skip {
                 self.norm(st, rows, s, fused, l.attn_norm.ptr, Some(&l.qkv))?;
             }
             let (kc, vc) = (st.kc[li].ptr, st.vc[li].ptr);
             // One row: the q|k|v GEMV applies RoPE and appends k, v itself (no qkv_rope).
             let rope_fused = match &l.qkv {
-                Linear::Q(q) if fuse_rope => {
+                Linear::Q(q) if !skip && rows == 1 && fuse_rope() && 128 % c.head_dim == 0 => {
                     let args = RopeArgs {
                         pos,
                         seq,
@@ -723,7 +677,7 @@ impl<'g> Runner<'g> {
                 _ => false,
             };
             if !rope_fused {
-                s = self.matmul_normed(st, &l.qkv, nq.as_ref(), rows, pf)?;
+                s = self.matmul(st, &l.qkv, st.xh.ptr, rows, pf)?;
             }
             if !skip && !rope_fused {
                 ops.qkv_rope(
@@ -767,18 +721,15 @@ impl<'g> Runner<'g> {
             } else {
                 self.matmul(st, &l.o, st.xh.ptr, rows, pf)?
             };
-            let fuse_swiglu = !skip && rows == 1 && fuse_swiglu();
-            let nq = match fuse_swiglu || skip {
-                true => None,
-                false => self.norm_fold(st, rows, s, fused, l.ffn_norm.ptr, &l.gate_up),
-            };
-            if !skip && nq.is_none() {
+            if !skip {
                 self.norm(st, rows, s, fused, l.ffn_norm.ptr, Some(&l.gate_up))?;
             }
             // One row, MEDITRON_FUSE_SWIGLU=1: the gate|up GEMV applies SwiGLU itself.
             let swiglu_fused = match &l.gate_up {
                 Linear::Q(q)
-                    if fuse_swiglu
+                    if !skip
+                        && rows == 1
+                        && fuse_swiglu()
                         && q.n == 2 * c.inter
                         && c.inter.is_multiple_of(128)
                         && c.inter / 128 <= crate::kernels::RESID_TILES =>
@@ -795,7 +746,7 @@ impl<'g> Runner<'g> {
                 _ => false,
             };
             if !swiglu_fused {
-                s = self.matmul_normed(st, &l.gate_up, nq.as_ref(), rows, pf)?;
+                s = self.matmul(st, &l.gate_up, st.xh.ptr, rows, pf)?;
             }
             if !skip && !swiglu_fused {
                 ops.swiglu(
@@ -984,13 +935,6 @@ impl<'g> Runner<'g> {
 fn fuse_rope() -> bool {
     static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *V.get_or_init(|| std::env::var("MEDITRON_FUSE_ROPE").is_ok_and(|v| v == "1"))
-}
-
-/// Whether decode GEMVs of up to 4 rows apply the RMSNorm before them themselves (default;
-/// MEDITRON_FUSE_NORM=0 for a separate rmsnorm_gather launch per norm).
-fn fuse_norm() -> bool {
-    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *V.get_or_init(|| std::env::var("MEDITRON_FUSE_NORM").map_or(true, |v| v != "0"))
 }
 
 /// Whether the gate|up GEMV of one row applies SwiGLU itself (no swiglu launch): only with

@@ -78,23 +78,6 @@ struct SwigluArgs {
     int inter, xbits;
 };
 
-// NORM 1: the RMSNorm before this product done in the GEMV's prologue instead of by
-// rmsnorm_gather (one launch and dependency wait fewer per norm): each block normalizes,
-// gathers (act-order) and rounds the KB input rows it reads, into shared memory, with
-// rmsnorm_gather's arithmetic and summation order, so x is the same bits. The `x` argument is
-// then unused. NB <= 4; the block's columns must lie in one permutation segment.
-struct NormArgs {
-    const float* h;         // [NB][K] residual stream
-    const float* ss;        // [NB][nss] per-tile sums of squares of h (a GEMV's residual add)
-    const u16* w;           // [K] norm weight, original row order
-    const int* perm;        // [segments][K] sorted row -> original row, or null
-    int nss;
-    float eps;
-};
-#ifndef NORM
-#define NORM 0
-#endif
-
 // RESID 1: the variant with the residual add at the end (see there). One row, 64-row chunks:
 // asked for 4 blocks of 256 threads per SM (at most 64 registers; a few bytes spill outside the
 // main loop), which the plain variant got by itself before the residual add and the LOP3
@@ -119,8 +102,7 @@ extern "C" __global__ void GEMV_BOUNDS gptq_gemv(
     float* __restrict__ ss,          // [NB][gridDim.x] sums of squares for the next RMSNorm
     unsigned* __restrict__ counters,  // [gridDim.x] (RESID 3: half), zero between launches
     const RopeArgs rope,              // RESID 2 only
-    const SwigluArgs sw,              // RESID 3 only
-    const NormArgs nrm) {             // NORM 1 only
+    const SwigluArgs sw) {            // RESID 3 only
     __shared__ float red[8][NB][128];
     pdl_launch();
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -152,58 +134,8 @@ extern "C" __global__ void GEMV_BOUNDS gptq_gemv(
             zz[f] = zeros ? *(const u32*)(zeros + (size_t)g * N + c0) : (1u << (BITS - 1)) * 0x01010101u;
         }
     }
-#if NORM
-    // The gather's row indices and norm weights are constant too: also loaded before the wait.
-    constexpr int NR = KB / 256;  // input rows per thread
-    const int seg = (blockIdx.x * 128 >= n1) + (blockIdx.x * 128 >= n2);
-    int nj[NR];
-    float nw[NR];
-#pragma unroll
-    for (int i = 0; i < NR; i++) {
-        const int k = kb0 + i * 256 + tid;
-        nj[i] = k < K ? (nrm.perm ? nrm.perm[(size_t)seg * K + k] : k) : 0;
-        nw[i] = h2f(nrm.w[nj[i]]);
-    }
-#endif
     // The weights are on their way; x (and the output buffer) belong to the kernels before.
     pdl_wait();
-#if NORM
-    __shared__ __align__(16) u32 xs[NB][KB / 2];
-    {
-        float hv[NB][NR];
-#pragma unroll
-        for (int b = 0; b < NB; b++)
-#pragma unroll
-            for (int i = 0; i < NR; i++) hv[b][i] = nrm.h[(size_t)b * K + nj[i]];
-#pragma unroll
-        for (int b = 0; b < NB; b++) {
-            // rmsnorm_gather's block_sum over 256 threads (thread t holds ss[t]): per 32 values a
-            // warp sum, then the warp sum of those totals in lanes 0..7; the same bits.
-            float t = 0.f;
-            for (int w8 = 0; w8 * 32 < nrm.nss; w8++) {
-                const int i = w8 * 32 + lane;
-                const float v = warp_sum(i < nrm.nss ? nrm.ss[(size_t)b * nrm.nss + i] : 0.f);
-                if (lane == w8) t = v;
-            }
-            const float r = rsqrtf(warp_sum(t) / (float)K + nrm.eps);
-#pragma unroll
-            for (int i = 0; i < NR; i++) {
-                const int kk = i * 256 + tid;
-                if (kb0 + kk < K) {
-                    const float y = h2f(f2h(hv[b][i] * r)) * nw[i];
-                    ((u16*)xs[b])[xpos(kk, BITS)] = f2h(y);
-                }
-            }
-        }
-        __syncthreads();
-    }
-    // x pairs from shared memory: u32 index i of the whole vector, this block's rows only.
-#define XV4(b, i) (*(const uint4*)(&xs[b][(i) - kb0 / 2]))
-#define XV2(b, i) (*(const uint2*)(&xs[b][(i) - kb0 / 2]))
-#else
-#define XV4(b, i) __ldg((const uint4*)(x + (size_t)(b) * (K / 2) + (i)))
-#define XV2(b, i) __ldg((const uint2*)(x + (size_t)(b) * (K / 2) + (i)))
-#endif
 
     float res[NB][4];
 #pragma unroll
@@ -277,7 +209,7 @@ extern "C" __global__ void GEMV_BOUNDS gptq_gemv(
 #pragma unroll
                         for (int b = 0; b < NB; b++) {
                             // x pairs 4 at a time (the slab's 16 pairs are 64-byte aligned).
-                            const uint4 xv = XV4(b, xbase + 4 * p4);
+                            const uint4 xv = __ldg((const uint4*)(x + (size_t)b * (K / 2) + xbase + 4 * p4));
                             acc[b][c][0] = hfma2(q[4 * p4 + 0], xv.x, acc[b][c][0]);
                             acc[b][c][1] = hfma2(q[4 * p4 + 1], xv.y, acc[b][c][1]);
                             acc[b][c][0] = hfma2(q[4 * p4 + 2], xv.z, acc[b][c][0]);
@@ -290,7 +222,7 @@ extern "C" __global__ void GEMV_BOUNDS gptq_gemv(
                 for (int j = 0; j < 4; j++) {
                     uint4 xv[NB];
 #pragma unroll
-                    for (int b = 0; b < NB; b++) xv[b] = XV4(b, xbase + 4 * j);
+                    for (int b = 0; b < NB; b++) xv[b] = __ldg((const uint4*)(x + (size_t)b * (K / 2) + xbase + 4 * j));
 #pragma unroll
                     for (int c = 0; c < 4; c++) {
                         const u32 v = comp(w[s2 * 4 + j], c), v2 = v >> 8, E = 0x64006400u;
@@ -313,7 +245,7 @@ extern "C" __global__ void GEMV_BOUNDS gptq_gemv(
                     float xf[NB][4];
 #pragma unroll
                     for (int b = 0; b < NB; b++) {
-                        const uint2 xx = XV2(b, xbase + 2 * j);
+                        const uint2 xx = __ldg((const uint2*)(x + (size_t)b * (K / 2) + xbase + 2 * j));
                         const u32 x0 = xx.x, x1 = xx.y;
                         xf[b][0] = h2f((u16)(x0 & 0xffff));
                         xf[b][1] = h2f((u16)(x0 >> 16));
