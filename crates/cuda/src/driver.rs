@@ -101,18 +101,6 @@ impl Func {
         }
         Ok((regs, local))
     }
-    /// Blocks of `threads` threads that fit on one SM at once (registers, shared memory).
-    pub fn blocks_per_sm(&self, threads: u32) -> Result<u32> {
-        let mut n = 0;
-        // SAFETY: live function handle, out-pointer owned here.
-        check(
-            unsafe {
-                cu::cuOccupancyMaxActiveBlocksPerMultiprocessor(&mut n, self.0, threads as i32, 0)
-            },
-            "cuOccupancyMaxActiveBlocksPerMultiprocessor",
-        )?;
-        Ok(n.max(0) as u32)
-    }
 }
 
 /// A compiled module and its kernels, looked up by name.

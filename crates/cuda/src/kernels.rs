@@ -121,18 +121,6 @@ pub fn gemv_lop3() -> bool {
     *V.get_or_init(|| std::env::var("MEDITRON_GEMV_LOP3").map_or(true, |v| v != "0"))
 }
 
-/// How far ahead, in waves of resident blocks, each GEMV block prefetches a later block's
-/// weights into L2 (MEDITRON_GEMV_PF=n; 0 = no prefetch).
-fn gemv_prefetch_waves() -> u32 {
-    static V: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *V.get_or_init(|| {
-        std::env::var("MEDITRON_GEMV_PF")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1)
-    })
-}
-
 /// Most 128-column tiles of a GEMV whose split-K sums go into the residual stream (counters).
 pub const RESID_TILES: usize = 512;
 
@@ -304,10 +292,6 @@ fn gemv_launch(gpu: &Gpu, w: &QLinear, x: u64, out: u64, nb: usize, fold: Fold) 
         ],
     )?;
     let f = m.func("gptq_gemv")?;
-    let ahead = match gemv_prefetch_waves() {
-        0 => 0,
-        waves => waves * f.blocks_per_sm(256)? * gpu.sm_count.max(1) as u32,
-    };
     let splits = w.splits();
     let grid = (w.n.div_ceil(128) as u32, splits as u32, 1);
     let zeros = w.zeros.as_ref().map_or(0, |z| z.ptr);
@@ -333,7 +317,6 @@ fn gemv_launch(gpu: &Gpu, w: &QLinear, x: u64, out: u64, nb: usize, fold: Fold) 
             &cp,
             rope,
             sw,
-            &(ahead as i32),
         ],
     )?;
     Ok(splits)

@@ -74,14 +74,6 @@ __device__ __forceinline__ uint4 ld_stream(const uint4* p) {
     return r;
 }
 
-// Fetch `bytes` (a multiple of 16) at p (16-byte aligned) into L2, without waiting for them.
-__device__ __forceinline__ void prefetch_l2(const void* p, int bytes) {
-#if __CUDA_ARCH__ >= 900
-    asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-#else
-    for (int o = 0; o < bytes; o += 128) asm volatile("prefetch.global.L2 [%0];" ::"l"((const char*)p + o));
-#endif
-}
 // Programmatic dependent launch (sm_90+): a kernel launched with the programmatic-serialization
 // attribute may start while the kernel before it in the stream is still running. Every kernel
 // that can be launched so calls pdl_launch() (lets the next kernel start early) and, before it

@@ -102,8 +102,7 @@ extern "C" __global__ void GEMV_BOUNDS gptq_gemv(
     float* __restrict__ ss,          // [NB][gridDim.x] sums of squares for the next RMSNorm
     unsigned* __restrict__ counters,  // [gridDim.x] (RESID 3: half), zero between launches
     const RopeArgs rope,              // RESID 2 only
-    const SwigluArgs sw,              // RESID 3 only
-    int ahead) {                      // blocks ahead whose weights to prefetch into L2, or 0
+    const SwigluArgs sw) {            // RESID 3 only
     __shared__ float red[8][NB][128];
     pdl_launch();
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
@@ -134,18 +133,6 @@ extern "C" __global__ void GEMV_BOUNDS gptq_gemv(
             sc[f] = *(const uint2*)(scales + (size_t)g * N + c0);
             zz[f] = zeros ? *(const u32*)(zeros + (size_t)g * N + c0) : (1u << (BITS - 1)) * 0x01010101u;
         }
-    }
-    // Each block has all its weights in flight at once, then none while it computes and
-    // reduces: prefetch into L2 the weights of the block `ahead` positions later in launch
-    // order (about one wave of resident blocks), so memory stays busy between waves and later
-    // blocks find their weights in L2. One 512-byte row segment (128 columns) per thread.
-    if (ahead > 0 && tid < 8 * NWORDS) {
-        const int lin = blockIdx.y * gridDim.x + blockIdx.x + ahead;
-        const int bx = lin % gridDim.x, by = lin / gridDim.x;
-        const int kw = by * KB + (tid / NWORDS) * KW, r = (kw >> 5) * BITS + tid % NWORDS;
-        const int c = bx * 128;
-        if (by < gridDim.y && kw < K && r < (K >> 5) * BITS)
-            prefetch_l2(qw + (size_t)r * (N >> 2) + (c >> 2), (N - c < 128 ? N - c : 128) * 4);
     }
     // The weights are on their way; x (and the output buffer) belong to the kernels before.
     pdl_wait();
