@@ -41,6 +41,10 @@ pub struct CudaArgs {
     /// for the GPU's GPTQ kernels, where the CPU's own GPTQ kernels use 8-bit activations)
     #[arg(long)]
     pub reference: Option<std::path::PathBuf>,
+    /// With --compare-cpu: write the prompt, both backends' tokens and logits into this folder
+    /// (meta.json, cpu.f32, gpu.f32) for tools/torch_reference.py to compare with transformers
+    #[arg(long)]
+    pub dump_logits: Option<std::path::PathBuf>,
 }
 
 /// Runs the GPU bench when `--device cuda`; returns false for the CPU bench to run instead.
@@ -82,7 +86,13 @@ pub fn run_if_cuda(
         }
     }
     if let Some(steps) = c.compare_cpu {
-        failed += compare_cpu(&gpu, model, c.reference.as_deref(), steps)?;
+        failed += compare_cpu(
+            &gpu,
+            model,
+            c.reference.as_deref(),
+            steps,
+            c.dump_logits.as_deref(),
+        )?;
     }
     let kv_tokens = model.ctx_size.unwrap_or(4096);
     let opts = cuda::bench::Opts {
@@ -158,6 +168,7 @@ fn compare_cpu(
     args: &ModelArgs,
     reference: Option<&std::path::Path>,
     steps: usize,
+    dump: Option<&std::path::Path>,
 ) -> Result<usize> {
     let path = crate::model_path::resolve(args.model.as_deref())?;
     let loaded = match reference {
@@ -213,6 +224,7 @@ fn compare_cpu(
     let st = cuda::llama::State::new(gpu, &m, 1, prompt.len(), prompt.len() + steps + 8)?;
     runner.prefill(&st, &prompt, 0)?;
     let mut gpu_tokens = Vec::new();
+    let mut gpu_logits = Vec::new();
     let mut max_diff = 0f32;
     let mut max_rel = 0f64;
     for s in 0..steps {
@@ -229,11 +241,17 @@ fn compare_cpu(
         let den: f64 = c.iter().map(|&b| (b as f64).powi(2)).sum();
         max_diff = max_diff.max(d);
         max_rel = max_rel.max((num / den).sqrt());
+        if dump.is_some() {
+            gpu_logits.push(l);
+        }
         // Feed the CPU's token so both see the same sequence even after a divergence.
         if s + 1 < steps {
             gpu.write(&st.dec_tok, 0, &[cpu_tokens[s] as i32])?;
             runner.decode_step(&st)?;
         }
+    }
+    if let Some(dir) = dump {
+        dump_logits(dir, &prompt, &cpu_tokens, &gpu_tokens, &cpu_logits, &gpu_logits)?;
     }
     let same = gpu_tokens
         .iter()
@@ -256,4 +274,39 @@ fn compare_cpu(
         if ok { "PASS" } else { "FAIL" }
     );
     Ok(usize::from(!ok))
+}
+
+/// The comparison's inputs and outputs for an outside check (tools/torch_reference.py):
+/// meta.json (prompt ids, each side's greedy tokens, vocab, steps) and each side's logits,
+/// [steps][vocab] little-endian f32.
+fn dump_logits(
+    dir: &std::path::Path,
+    prompt: &[u32],
+    cpu_tokens: &[u32],
+    gpu_tokens: &[u32],
+    cpu_logits: &[Vec<f32>],
+    gpu_logits: &[Vec<f32>],
+) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let meta = serde_json::json!({
+        "prompt": prompt,
+        "cpu_tokens": cpu_tokens,
+        "gpu_tokens": gpu_tokens,
+        "steps": cpu_logits.len(),
+        "vocab": cpu_logits.first().map_or(0, Vec::len),
+    });
+    let write = |name: &str, bytes: &[u8]| {
+        let p = dir.join(name);
+        std::fs::write(&p, bytes).with_context(|| format!("writing {}", p.display()))
+    };
+    write("meta.json", meta.to_string().as_bytes())?;
+    for (name, rows) in [("cpu.f32", cpu_logits), ("gpu.f32", gpu_logits)] {
+        let bytes: Vec<u8> = rows
+            .iter()
+            .flatten()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        write(name, &bytes)?;
+    }
+    Ok(())
 }
