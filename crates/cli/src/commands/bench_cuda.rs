@@ -270,7 +270,7 @@ fn compare_cpu(
     // fp16 activations into every matmul (the CPU keeps f32): ~1e-3 relative on the logits.
     let ok = same == steps && max_rel < 1e-2;
     println!(
-        "{} GPU fp16 model vs CPU backend (bound: all tokens equal, relative L2 < 1e-2)",
+        "{} GPU vs CPU backend (bound: all tokens equal, relative L2 < 1e-2)",
         if ok { "PASS" } else { "FAIL" }
     );
     Ok(usize::from(!ok))
