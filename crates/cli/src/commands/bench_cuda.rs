@@ -251,7 +251,14 @@ fn compare_cpu(
         }
     }
     if let Some(dir) = dump {
-        dump_logits(dir, &prompt, &cpu_tokens, &gpu_tokens, &cpu_logits, &gpu_logits)?;
+        dump_logits(
+            dir,
+            &prompt,
+            &cpu_tokens,
+            &gpu_tokens,
+            &cpu_logits,
+            &gpu_logits,
+        )?;
     }
     let same = gpu_tokens
         .iter()
