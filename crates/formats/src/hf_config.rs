@@ -37,6 +37,10 @@ pub struct LlamaConfig {
     /// Passed through as is (`{"rope_type": "llama3", ...}`, linear, dynamic, ...).
     #[serde(default)]
     pub rope_scaling: Option<serde_json::Value>,
+    /// transformers >= 5 writes `rope_parameters` (`{"rope_theta": ..., "rope_type": ...}`)
+    /// instead of `rope_theta` and `rope_scaling`: folded into those two when read.
+    #[serde(default)]
+    rope_parameters: Option<serde_json::Value>,
     pub max_position_embeddings: usize,
     pub vocab_size: usize,
     #[serde(default)]
@@ -121,6 +125,28 @@ impl LlamaConfig {
         config.path = path.to_owned();
         if config.torch_dtype.is_none() {
             config.torch_dtype = config.dtype_alias.take();
+        }
+        if let Some(rp) = config.rope_parameters.take() {
+            let bad = |msg: String| FormatError::Config {
+                path: path.to_owned(),
+                msg: format!("field 'rope_parameters': {msg}"),
+            };
+            let obj = rp
+                .as_object()
+                .ok_or_else(|| bad(format!("expected an object, found {rp}")))?;
+            if let Some(t) = obj.get("rope_theta") {
+                config.rope_theta = t
+                    .as_f64()
+                    .ok_or_else(|| bad(format!("rope_theta {t} is not a number")))?;
+            }
+            // Anything but plain RoPE is a scaling, handled (or refused) as rope_scaling is.
+            let kind = obj
+                .get("rope_type")
+                .and_then(|t| t.as_str())
+                .unwrap_or("default");
+            if kind != "default" && config.rope_scaling.as_ref().is_none_or(|v| v.is_null()) {
+                config.rope_scaling = Some(rp);
+            }
         }
         Ok(config)
     }
@@ -398,6 +424,29 @@ mod tests {
         assert!(c.tie_word_embeddings);
         assert_eq!(c.vocab_size, 49152);
         assert!(!c.mlp_bias && !c.attention_bias);
+    }
+
+    /// transformers 5 writes `rope_parameters` instead of `rope_theta` / `rope_scaling`
+    /// (SmolLM2 saved by `save_pretrained` of transformers 5.24).
+    #[test]
+    fn rope_parameters_of_transformers_5() {
+        let v5 = |params: &str| {
+            SMOLLM2.replace("\"rope_scaling\": null,", "").replace(
+                "\"rope_theta\": 100000,",
+                &format!("\"rope_parameters\": {params},"),
+            )
+        };
+        let c = LlamaConfig::from_json(&v5(r#"{"rope_theta": 100000.0, "rope_type": "default"}"#))
+            .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.rope_theta, 100000.0);
+        assert!(c.rope_scaling.is_none());
+        let scaled = r#"{"rope_theta": 500000.0, "rope_type": "llama3", "factor": 8.0}"#;
+        let c = LlamaConfig::from_json(&v5(scaled)).unwrap();
+        assert_eq!(c.rope_theta, 500000.0);
+        assert_eq!(c.rope_scaling.unwrap()["rope_type"], "llama3");
+        let e = LlamaConfig::from_json(&v5(r#"{"rope_theta": "big"}"#)).unwrap_err();
+        assert!(e.to_string().contains("rope_parameters"), "{e}");
     }
 
     #[test]
