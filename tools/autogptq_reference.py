@@ -18,7 +18,7 @@ usage: tools/autogptq_reference.py AUTO_GPTQ_WHEEL MODEL_DIR DATASET.jsonl OUT_D
            [--seed 0]
 """
 import argparse
-import importlib.util
+import importlib
 import json
 import os
 import shutil
@@ -54,22 +54,17 @@ def splitmix_windows(tokens, samples, seq_len, seed):
 
 
 def load_autogptq(wheel):
-    """auto_gptq.quantization.{quantizer,gptq} from the wheel, without the package __init__."""
+    """auto_gptq.quantization.{quantizer,gptq} from the wheel, as a package of their own (the
+    real package's __init__ imports its CUDA extensions)."""
     d = tempfile.mkdtemp()
+    os.makedirs(os.path.join(d, "agq"))
+    open(os.path.join(d, "agq", "__init__.py"), "w").close()
     with zipfile.ZipFile(wheel) as z:
         for n in ("quantizer.py", "gptq.py"):
-            z.extract(f"auto_gptq/quantization/{n}", d)
-    pkg = os.path.join(d, "auto_gptq", "quantization")
-    mods = {}
-    for name in ("quantizer", "gptq"):
-        spec = importlib.util.spec_from_file_location(
-            f"agq.{name}", os.path.join(pkg, f"{name}.py"), submodule_search_locations=[])
-        m = importlib.util.module_from_spec(spec)
-        sys.modules[f"agq.{name}"] = m
-        sys.modules.setdefault("agq", type(sys)("agq")).__path__ = [pkg]
-        spec.loader.exec_module(m)
-        mods[name] = m
-    return mods["gptq"].GPTQ
+            with open(os.path.join(d, "agq", n), "wb") as f:
+                f.write(z.read(f"auto_gptq/quantization/{n}"))
+    sys.path.insert(0, d)
+    return importlib.import_module("agq.gptq").GPTQ
 
 
 def main():
