@@ -7,7 +7,7 @@ use crate::kv_cache::{KvCache, SeqId};
 use crate::weights::Matrix;
 use kernels::cpu::attention::{attend, attend_causal, CausalScratch};
 use kernels::cpu::matmul::matmul_many;
-use kernels::cpu::ops::{rms_norm, rope, rope_inv_freq, swiglu};
+use kernels::cpu::ops::{rms_norm, rope_angles, rope_inv_freq, rope_rotate, swiglu};
 use kernels::cpu::{matmul, ThreadPool};
 
 pub struct Layer {
@@ -272,6 +272,12 @@ impl Llama {
         for (t, x) in batch.iter().zip(s.x.chunks_exact_mut(c.hidden)) {
             embed.dequantize_row(t.token as usize, x);
         }
+        // Each token's RoPE angles, once for every layer and for both q and k.
+        let half = self.inv_freq.len();
+        let mut angles = vec![(0f32, 0f32); n * half];
+        for (t, a) in batch.iter().zip(angles.chunks_exact_mut(half.max(1))) {
+            rope_angles(t.pos, &self.inv_freq, a);
+        }
 
         for (li, layer) in self.layers.iter().enumerate() {
             // ---- attention ----
@@ -300,8 +306,9 @@ impl Llama {
             for (i, t) in batch.iter().enumerate() {
                 let q = &mut s.q[i * c.q_dim()..(i + 1) * c.q_dim()];
                 let k = &mut s.k[i * c.kv_dim()..(i + 1) * c.kv_dim()];
-                self.rope_heads(q, t.pos);
-                self.rope_heads(k, t.pos);
+                let a = &angles[i * half..(i + 1) * half];
+                self.rope_heads(q, a);
+                self.rope_heads(k, a);
                 cache.write(
                     t.seq,
                     li,
@@ -414,19 +421,14 @@ impl Llama {
         Ok(())
     }
 
-    fn rope_heads(&self, x: &mut [f32], pos: usize) {
+    /// RoPE of every head of `x` by one position's angles ([`rope_angles`]).
+    fn rope_heads(&self, x: &mut [f32], angles: &[(f32, f32)]) {
         let c = &self.config;
         if c.rope_dims == c.head_dim {
-            rope(x, c.head_dim, pos, &self.inv_freq, c.rope_style);
+            rope_rotate(x, c.head_dim, angles, c.rope_style);
         } else {
             for head in x.chunks_exact_mut(c.head_dim) {
-                rope(
-                    &mut head[..c.rope_dims],
-                    c.rope_dims,
-                    pos,
-                    &self.inv_freq,
-                    c.rope_style,
-                );
+                rope_rotate(&mut head[..c.rope_dims], c.rope_dims, angles, c.rope_style);
             }
         }
     }

@@ -27,21 +27,32 @@ pub fn rope_inv_freq(theta: f32, rot_dims: usize) -> Vec<f32> {
 
 /// Rotates each head of `x` (n_heads * head_dim values) for position `pos` in place.
 pub fn rope(x: &mut [f32], head_dim: usize, pos: usize, inv_freq: &[f32], style: RopeStyle) {
-    let half = inv_freq.len();
     // The angles are the same for every head: compute them once per call.
     let mut table = [(0f32, 0f32); 128];
     let mut heap = Vec::new();
-    let sc: &mut [(f32, f32)] = if half <= table.len() {
-        &mut table[..half]
+    let sc: &mut [(f32, f32)] = if inv_freq.len() <= table.len() {
+        &mut table[..inv_freq.len()]
     } else {
-        heap.resize(half, (0f32, 0f32));
+        heap.resize(inv_freq.len(), (0f32, 0f32));
         &mut heap
     };
-    for (t, f) in sc.iter_mut().zip(inv_freq) {
+    rope_angles(pos, inv_freq, sc);
+    rope_rotate(x, head_dim, sc, style);
+}
+
+/// `(sin, cos)` of `pos * inv_freq[i]` for each frequency: one position's rotation, the same for
+/// every head and layer.
+pub fn rope_angles(pos: usize, inv_freq: &[f32], out: &mut [(f32, f32)]) {
+    for (t, f) in out.iter_mut().zip(inv_freq) {
         // Angles in f64: positions up to 1e5 times frequencies near 1 lose digits in f32.
         let (sin, cos) = (pos as f64 * *f as f64).sin_cos();
         *t = (sin as f32, cos as f32);
     }
+}
+
+/// Rotates each head of `x` by the angles of [`rope_angles`] (one pair per frequency).
+pub fn rope_rotate(x: &mut [f32], head_dim: usize, sc: &[(f32, f32)], style: RopeStyle) {
+    let half = sc.len();
     for head in x.chunks_exact_mut(head_dim) {
         for (i, &(sin, cos)) in sc.iter().enumerate() {
             let (a, b) = match style {
