@@ -1754,12 +1754,13 @@ fn filtered_softmax(logits: &[f32], p: &model::SamplingParams) -> Vec<f64> {
         probs.iter_mut().for_each(|x| *x /= s);
     };
     norm(&mut probs);
-    if p.top_p < 1.0 {
+    // Keeps the shortest prefix of `order` whose mass reaches `limit`; zeroes the rest.
+    let keep_mass = |order: &mut Vec<usize>, probs: &mut Vec<f64>, limit: f32| {
         let mut mass = 0.0;
         let mut keep = order.len();
         for (k, &i) in order.iter().enumerate() {
             mass += probs[i];
-            if mass >= p.top_p as f64 {
+            if mass >= limit as f64 {
                 keep = k + 1;
                 break;
             }
@@ -1768,25 +1769,16 @@ fn filtered_softmax(logits: &[f32], p: &model::SamplingParams) -> Vec<f64> {
             probs[i] = 0.0;
         }
         order.truncate(keep);
-        norm(&mut probs);
+        norm(probs);
+    };
+    if p.top_p < 1.0 {
+        keep_mass(&mut order, &mut probs, p.top_p);
     }
     if p.typical_p < 1.0 {
         let h: f64 = -order.iter().map(|&i| probs[i] * probs[i].ln()).sum::<f64>();
         let dev = |i: usize| (-probs[i].ln() - h).abs();
         order.sort_by(|&a, &b| dev(a).total_cmp(&dev(b)));
-        let mut mass = 0.0;
-        let mut keep = order.len();
-        for (k, &i) in order.iter().enumerate() {
-            mass += probs[i];
-            if mass >= p.typical_p as f64 {
-                keep = k + 1;
-                break;
-            }
-        }
-        for &i in &order[keep..] {
-            probs[i] = 0.0;
-        }
-        norm(&mut probs);
+        keep_mass(&mut order, &mut probs, p.typical_p);
     }
     probs
 }
