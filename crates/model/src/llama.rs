@@ -452,49 +452,66 @@ impl Llama {
             .map(|t| cache.view(t.seq))
             .collect::<Result<Vec<_>, _>>()?;
         let out_ptr = SharedSlice(out.as_mut_ptr());
-        let tiles = prefill_tiles(batch);
         let group_len = group * hd;
-        // One job per (tile, kv head): the query heads of a group, and the tokens of a
-        // prefill tile, share each cached row.
-        pool.for_ranges(tiles.len() * c.n_kv_heads, 1, |range| {
+        // A decode token is one job for all its key/value heads (one walk over its cache); a
+        // prefill tile is one job per key/value head (the tile kernel converts that head's
+        // cache once for all its tokens). Longest contexts first, so that the last jobs to be
+        // claimed are short and the threads finish together.
+        let mut jobs: Vec<(usize, usize, Option<usize>)> = Vec::new();
+        for (i, t) in prefill_tiles(batch) {
+            if t == 1 {
+                jobs.push((i, t, None));
+            } else {
+                jobs.extend((0..c.n_kv_heads).map(|h| (i, t, Some(h))));
+            }
+        }
+        jobs.sort_by_key(|&(i, t, _)| std::cmp::Reverse(batch[i].pos + t));
+        pool.for_ranges(jobs.len(), 1, |range| {
             let mut scores = Vec::new();
             let mut scratch = CausalScratch::default();
             let mut acc = Vec::new();
             for job in range {
-                let ((i, t), kvh) = (tiles[job / c.n_kv_heads], job % c.n_kv_heads);
-                let q0 = i * c.q_dim() + kvh * group_len;
-                acc.resize(t * group_len, 0.0);
-                if t == 1 {
-                    let runs = views[i].runs(layer, batch[i].pos + 1);
-                    attend(
-                        &q[q0..q0 + group_len],
-                        &runs,
-                        kvh * hd,
-                        c.kv_dim(),
-                        hd,
-                        scale,
-                        &mut scores,
-                        &mut acc,
-                    );
-                } else {
-                    let runs = views[i].runs(layer, batch[i].pos + t);
-                    attend_causal(
-                        &q[q0..],
-                        c.q_dim(),
-                        t,
-                        &runs,
-                        kvh * hd,
-                        c.kv_dim(),
-                        hd,
-                        scale,
-                        batch[i].pos,
-                        &mut scratch,
-                        &mut acc,
-                    );
-                }
-                for (k, a) in acc.chunks_exact(group_len).enumerate() {
-                    // SAFETY: job (tile, kvh) owns these disjoint stretches of `out`.
-                    unsafe { out_ptr.write((i + k) * c.q_dim() + kvh * group_len, a) };
+                let (i, t, kvh) = jobs[job];
+                let runs = views[i].runs(layer, batch[i].pos + t);
+                match kvh {
+                    None => {
+                        let q0 = i * c.q_dim();
+                        acc.resize(c.q_dim(), 0.0);
+                        attend(
+                            &q[q0..q0 + c.q_dim()],
+                            &runs,
+                            0,
+                            c.kv_dim(),
+                            hd,
+                            c.n_kv_heads,
+                            scale,
+                            &mut scores,
+                            &mut acc,
+                        );
+                        // SAFETY: job i owns token i's stretch of `out`.
+                        unsafe { out_ptr.write(q0, &acc) };
+                    }
+                    Some(kvh) => {
+                        let q0 = i * c.q_dim() + kvh * group_len;
+                        acc.resize(t * group_len, 0.0);
+                        attend_causal(
+                            &q[q0..],
+                            c.q_dim(),
+                            t,
+                            &runs,
+                            kvh * hd,
+                            c.kv_dim(),
+                            hd,
+                            scale,
+                            batch[i].pos,
+                            &mut scratch,
+                            &mut acc,
+                        );
+                        for (k, a) in acc.chunks_exact(group_len).enumerate() {
+                            // SAFETY: job (tile, kvh) owns these disjoint stretches of `out`.
+                            unsafe { out_ptr.write((i + k) * c.q_dim() + kvh * group_len, a) };
+                        }
+                    }
                 }
             }
         });
