@@ -393,6 +393,30 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+/// Batches of at least this many tokens prefetch the next group's weights into L2 while
+/// computing one (see [`prefetch_l2`]); a single token's GEMV is bound by memory bandwidth,
+/// where the hardware prefetchers do better alone (measured -12% with the hint at one token).
+const PREFETCH_FROM_TOKENS: usize = 8;
+
+/// Asks for `bytes` in L2. A batch multiplies each 16-row group by all its tokens in several
+/// tile passes, so only the first pass reads the group from memory: without the hint the
+/// weight stream stalls that pass while the others run from L1 (16-row decode steps +18%).
+/// L2 rather than L1: the group being computed and the activations stay in L1.
+fn prefetch_l2(bytes: &[u8]) {
+    #[cfg(target_arch = "x86_64")]
+    for line in bytes.chunks(64) {
+        // SAFETY: a prefetch is a hint and cannot fault; the address is in the slice.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch(
+                line.as_ptr() as *const i8,
+                std::arch::x86_64::_MM_HINT_T1,
+            )
+        };
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
+}
+
 /// Tokens per kernel call in prefill: the 8 unpacked weight vectors stay in registers across
 /// them, next to two accumulators per token.
 const TOKEN_TILE: usize = 4;
@@ -450,6 +474,9 @@ pub fn matmul_many(
             let g = gg - first;
             let gb = kind.group_bytes(nb);
             let wg = &data[g * gb..(g + 1) * gb];
+            if n >= PREFETCH_FROM_TOKENS && g + 1 < rows / GROUP {
+                prefetch_l2(&data[(g + 1) * gb..(g + 2) * gb]);
+            }
             let mut t = 0;
             while t < n {
                 let tile = (n - t).min(TOKEN_TILE);
