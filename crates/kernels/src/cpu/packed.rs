@@ -658,10 +658,12 @@ mod vnni {
                 let t = _mm512_roundscale_ps(s, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
                 let frac = abs(_mm512_sub_ps(s, t));
                 let up = _mm512_cmp_ps_mask(frac, half, _CMP_GE_OQ);
-                let step = _mm512_or_ps(
-                    one,
-                    _mm512_castsi512_ps(_mm512_andnot_si512(abs_mask, _mm512_castps_si512(s))),
-                );
+                // 1.0 with the sign of s (an integer OR: `_mm512_or_ps` needs AVX-512 DQ, not
+                // enabled here, and was compiled as a call per use).
+                let step = _mm512_castsi512_ps(_mm512_or_si512(
+                    _mm512_castps_si512(one),
+                    _mm512_andnot_si512(abs_mask, _mm512_castps_si512(s)),
+                ));
                 let r = _mm512_cvttps_epi32(_mm512_mask_add_ps(t, up, t, step));
                 sum = _mm512_add_epi32(sum, r);
                 _mm_storeu_si128(
