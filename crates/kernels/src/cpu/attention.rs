@@ -698,6 +698,27 @@ mod tests {
     use super::*;
     use crate::cpu::dot::tests::Rng;
 
+    /// Random keys and values for runs of `lens` rows of `stride` halves.
+    fn random_cache(rng: &mut Rng, lens: &[usize], stride: usize) -> Vec<(Vec<f16>, Vec<f16>)> {
+        lens.iter()
+            .map(|&n| {
+                let mut mk = || (0..n * stride).map(|_| f16::from_f32(rng.f32())).collect();
+                (mk(), mk())
+            })
+            .collect()
+    }
+
+    fn runs_of<'a>(data: &'a [(Vec<f16>, Vec<f16>)], lens: &[usize]) -> Vec<KvRun<'a>> {
+        data.iter()
+            .zip(lens)
+            .map(|((k, v), &n)| KvRun {
+                keys: k,
+                values: v,
+                n,
+            })
+            .collect()
+    }
+
     #[test]
     fn simd_matches_portable_over_several_runs() {
         let mut rng = Rng::new(9);
@@ -776,22 +797,8 @@ mod tests {
             (3, 64, vec![16; 12]),
         ] {
             let (stride, offset) = (hd * 2 + 64, hd);
-            let data: Vec<(Vec<f16>, Vec<f16>)> = lens
-                .iter()
-                .map(|&n| {
-                    let mut mk = || (0..n * stride).map(|_| f16::from_f32(rng.f32())).collect();
-                    (mk(), mk())
-                })
-                .collect();
-            let runs: Vec<KvRun> = data
-                .iter()
-                .zip(&lens)
-                .map(|((k, v), &n)| KvRun {
-                    keys: k,
-                    values: v,
-                    n,
-                })
-                .collect();
+            let data = random_cache(&mut rng, &lens, stride);
+            let runs = runs_of(&data, &lens);
             let q: Vec<f32> = (0..group * hd).map(|_| rng.f32() * 4.0).collect();
             let n_pos: usize = lens.iter().sum();
             let scale = 1.0 / (hd as f32).sqrt();
@@ -842,22 +849,8 @@ mod tests {
             (4, 5, 64, vec![7, 2, 16, 13]),
         ] {
             let stride = kv_heads * hd + 32;
-            let data: Vec<(Vec<f16>, Vec<f16>)> = lens
-                .iter()
-                .map(|&n| {
-                    let mut mk = || (0..n * stride).map(|_| f16::from_f32(rng.f32())).collect();
-                    (mk(), mk())
-                })
-                .collect();
-            let runs: Vec<KvRun> = data
-                .iter()
-                .zip(&lens)
-                .map(|((k, v), &n)| KvRun {
-                    keys: k,
-                    values: v,
-                    n,
-                })
-                .collect();
+            let data = random_cache(&mut rng, &lens, stride);
+            let runs = runs_of(&data, &lens);
             let len = group * hd;
             let q: Vec<f32> = (0..kv_heads * len).map(|_| rng.f32() * 4.0).collect();
             let scale = 1.0 / (hd as f32).sqrt();
