@@ -3,7 +3,7 @@
 
 use crate::huge_pages::HugeBuffer;
 use half::f16;
-use half::slice::HalfBitsSliceExt;
+use half::slice::{HalfBitsSliceExt, HalfFloatSliceExt};
 
 /// Token slots per block.
 pub const BLOCK_TOKENS: usize = 16;
@@ -197,6 +197,16 @@ impl KvCache {
         k: &[f32],
         v: &[f32],
     ) -> Result<(), CacheError> {
+        let slot = self.slot(id, layer, pos)?;
+        let kv = self.kv_dim;
+        let data = self.data.as_u16_mut();
+        store_f16(&mut data[slot.keys..slot.keys + kv], k);
+        store_f16(&mut data[slot.values..slot.values + kv], v);
+        Ok(())
+    }
+
+    /// Where [`KvCache::write`] stores (sequence, layer, appended position).
+    pub fn slot(&self, id: SeqId, layer: usize, pos: usize) -> Result<Slot, CacheError> {
         let seq = self.seq(id)?;
         if pos >= seq.len {
             return Err(CacheError::Gap {
@@ -205,23 +215,22 @@ impl KvCache {
                 got: pos,
             });
         }
-        let (ko, vo) = (
-            self.offset(&seq.blocks, layer, false, pos),
-            self.offset(&seq.blocks, layer, true, pos),
-        );
-        for (d, s) in self.data.as_u16_mut()[ko..ko + self.kv_dim]
-            .iter_mut()
-            .zip(k)
-        {
-            *d = f16::from_f32(*s).to_bits();
+        Ok(Slot {
+            keys: self.offset(&seq.blocks, layer, false, pos),
+            values: self.offset(&seq.blocks, layer, true, pos),
+        })
+    }
+
+    /// A handle that stores rows at [`Slot`]s from several threads at once (a batch's tokens
+    /// write their keys and values in parallel).
+    pub fn slot_writer(&mut self) -> SlotWriter<'_> {
+        let data = self.data.as_u16_mut();
+        SlotWriter {
+            ptr: data.as_mut_ptr(),
+            len: data.len(),
+            kv_dim: self.kv_dim,
+            _cache: std::marker::PhantomData,
         }
-        for (d, s) in self.data.as_u16_mut()[vo..vo + self.kv_dim]
-            .iter_mut()
-            .zip(v)
-        {
-            *d = f16::from_f32(*s).to_bits();
-        }
-        Ok(())
     }
 
     /// A read-only view of one sequence for the attention kernel.
@@ -233,6 +242,46 @@ impl KvCache {
             len: seq.len,
         })
     }
+}
+
+/// Offsets (in halves) of one position's keys and values in the cache.
+#[derive(Clone, Copy, Debug)]
+pub struct Slot {
+    keys: usize,
+    values: usize,
+}
+
+/// See [`KvCache::slot_writer`].
+pub struct SlotWriter<'a> {
+    ptr: *mut u16,
+    len: usize,
+    kv_dim: usize,
+    _cache: std::marker::PhantomData<&'a mut KvCache>,
+}
+
+// SAFETY: writes go through `write`, whose callers keep threads on distinct slots.
+unsafe impl Sync for SlotWriter<'_> {}
+
+impl SlotWriter<'_> {
+    /// Stores keys and values (each `kv_dim` long) at `slot`.
+    /// # Safety
+    /// `slot` came from [`KvCache::slot`] on this cache, and no other thread writes it
+    /// meanwhile.
+    pub unsafe fn write(&self, slot: Slot, k: &[f32], v: &[f32]) {
+        for (at, src) in [(slot.keys, k), (slot.values, v)] {
+            assert!(at + self.kv_dim <= self.len && src.len() == self.kv_dim);
+            store_f16(
+                std::slice::from_raw_parts_mut(self.ptr.add(at), self.kv_dim),
+                src,
+            );
+        }
+    }
+}
+
+/// `dst = src` as f16 bit patterns (vectorized where the CPU has F16C).
+fn store_f16(dst: &mut [u16], src: &[f32]) {
+    dst.reinterpret_cast_mut::<f16>()
+        .convert_from_f32_slice(src);
 }
 
 /// One sequence's keys and values, read position by position.

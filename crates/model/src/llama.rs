@@ -68,6 +68,11 @@ pub enum ForwardError {
         max_context: usize,
     },
     Cache(crate::kv_cache::CacheError),
+    /// A batch holding one position of a sequence twice.
+    RepeatedPosition {
+        seq: SeqId,
+        pos: usize,
+    },
     /// A failure of the device a backend runs on (the GPU), as its message.
     Device(String),
 }
@@ -84,6 +89,10 @@ impl std::fmt::Display for ForwardError {
                 "position {pos} is past the model's context length of {max_context} tokens"
             ),
             ForwardError::Cache(e) => write!(f, "{e}"),
+            ForwardError::RepeatedPosition { seq, pos } => write!(
+                f,
+                "the batch holds position {pos} of sequence {seq} twice"
+            ),
             ForwardError::Device(e) => write!(f, "{e}"),
         }
     }
@@ -245,6 +254,13 @@ impl Llama {
                 });
             }
         }
+        // Each token's keys and values are written by its own thread: no two may share a slot.
+        let mut at: Vec<(SeqId, usize)> = batch.iter().map(|t| (t.seq, t.pos)).collect();
+        at.sort_unstable();
+        if let Some(w) = at.windows(2).find(|w| w[0] == w[1]) {
+            let (seq, pos) = w[0];
+            return Err(ForwardError::RepeatedPosition { seq, pos });
+        }
         Self::reserve_positions(batch, cache)
     }
 
@@ -307,20 +323,25 @@ impl Llama {
                 add_bias(&mut s.k, bk);
                 add_bias(&mut s.v, bv);
             }
-            for (i, t) in batch.iter().enumerate() {
-                let q = &mut s.q[i * c.q_dim()..(i + 1) * c.q_dim()];
-                let k = &mut s.k[i * c.kv_dim()..(i + 1) * c.kv_dim()];
-                let a = &angles[i * half..(i + 1) * half];
-                self.rope_heads(q, a);
-                self.rope_heads(k, a);
-                cache.write(
-                    t.seq,
-                    li,
-                    t.pos,
-                    k,
-                    &s.v[i * c.kv_dim()..(i + 1) * c.kv_dim()],
-                )?;
-            }
+            // RoPE and the cache writes, token by token, split over the pool.
+            let slots = batch
+                .iter()
+                .map(|t| cache.slot(t.seq, li, t.pos))
+                .collect::<Result<Vec<_>, _>>()?;
+            let writer = cache.slot_writer();
+            let (qs, ks) = (SharedSlice(s.q.as_mut_ptr()), SharedSlice(s.k.as_mut_ptr()));
+            pool.for_ranges(n, 1, |rows| {
+                for i in rows {
+                    // SAFETY: token i's rows of q and k, and its slot (distinct positions of
+                    // the batch), belong to this task alone.
+                    let (q, k) = unsafe { (qs.row(i, c.q_dim()), ks.row(i, c.kv_dim())) };
+                    let a = &angles[i * half..(i + 1) * half];
+                    self.rope_heads(q, a);
+                    self.rope_heads(k, a);
+                    let v = &s.v[i * c.kv_dim()..(i + 1) * c.kv_dim()];
+                    unsafe { writer.write(slots[i], k, v) };
+                }
+            });
             self.attention(li, batch, cache, &s.q, &mut s.attn, pool)?;
             matmul(pool, &layer.o_proj.view(), &s.attn, n, &mut s.out);
 
@@ -625,5 +646,50 @@ fn add_in_place(x: &mut [f32], y: &[f32]) {
 fn add_bias(x: &mut [f32], bias: &[f32]) {
     for row in x.chunks_exact_mut(bias.len()) {
         add_in_place(row, bias);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_batch_with_a_position_twice_is_refused() {
+        let c = ModelConfig {
+            architecture: "llama".into(),
+            n_layers: 1,
+            hidden: 64,
+            intermediate: 128,
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 32,
+            n_vocab: 10,
+            max_context: 64,
+            rope_theta: 10000.0,
+            rope_dims: 32,
+            rope_style: kernels::cpu::ops::RopeStyle::Halves,
+            rms_eps: 1e-5,
+            tie_embeddings: true,
+        };
+        let mut cache = KvCache::new(1, c.kv_dim(), 64);
+        let (a, b) = (cache.add_sequence(), cache.add_sequence());
+        let tok = |seq, pos| BatchToken {
+            token: 1,
+            seq,
+            pos,
+            logits: false,
+        };
+        let ok = [tok(a, 0), tok(b, 0), tok(a, 1)];
+        assert!(Llama::check_and_reserve(&c, &ok, &mut cache).is_ok());
+        let twice = [tok(b, 1), tok(a, 2), tok(b, 1)];
+        let err = Llama::check_and_reserve(&c, &twice, &mut cache).unwrap_err();
+        assert!(
+            matches!(err, ForwardError::RepeatedPosition { seq, pos: 1 } if seq == b),
+            "{err}"
+        );
+        assert_eq!(
+            err.to_string(),
+            format!("the batch holds position 1 of sequence {b} twice")
+        );
     }
 }
