@@ -339,6 +339,8 @@ impl Llama {
                     self.rope_heads(q, a);
                     self.rope_heads(k, a);
                     let v = &s.v[i * c.kv_dim()..(i + 1) * c.kv_dim()];
+                    // SAFETY: the slot came from this cache, and the batch's positions are
+                    // distinct (`check_and_reserve`).
                     unsafe { writer.write(slots[i], k, v) };
                 }
             });

@@ -402,7 +402,7 @@ const PREFETCH_FROM_TOKENS: usize = 8;
 /// tile passes, so only the first pass reads the group from memory: without the hint the
 /// weight stream stalls that pass while the others run from L1. L2 rather than L1: the group
 /// being computed and the activations stay in L1. Spread over the passes rather than all at
-/// once: a burst of ~90 lines overflows the miss queues and part of it is dropped
+/// once: a burst of ~90 lines overflows the miss queues and the core stalls issuing it
 /// (`packed_speed`, 16 tokens from memory: Q4_1 90 -> 104 G MAC/s at once, 120 spread; Q8_0
 /// 79 -> 95 -> 120).
 fn prefetch_l2(bytes: &[u8]) {
@@ -940,8 +940,6 @@ mod tests {
         assert!(pack(QuantKind::Q4_1, &data[..20], 16, 32).is_none());
     }
 
-    /// Every path against the plain float product of the dequantized weights, and the SIMD
-    /// path against the portable one (same integer sums, float order only).
     /// Speed of the packed kernels on one thread at batch sizes of serving, against the
     /// instruction-mix bound (`vpdpbusd`, `vfmadd`, `vmulps` share one 512-bit issue slot per
     /// cycle on Zen 4: 11 slots per 512 MACs for Q4, 10 for Q8):
@@ -987,6 +985,8 @@ mod tests {
         }
     }
 
+    /// Every path against the plain float product of the dequantized weights, and the SIMD
+    /// path against the portable one (same integer sums, float order only).
     #[test]
     fn packed_matmul_matches_reference() {
         let pool = ThreadPool::new(3);
