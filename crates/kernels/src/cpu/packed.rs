@@ -940,9 +940,9 @@ mod tests {
         assert!(pack(QuantKind::Q4_1, &data[..20], 16, 32).is_none());
     }
 
-    /// Speed of the packed kernels on one thread at batch sizes of serving, against the
-    /// instruction-mix bound (`vpdpbusd`, `vfmadd`, `vmulps` share one 512-bit issue slot per
-    /// cycle on Zen 4: 11 slots per 512 MACs for Q4, 10 for Q8):
+    /// Speed of the packed kernels on one thread at batch sizes of serving, to compare with
+    /// the instruction-mix bound (`vpdpbusd`, `vfmadd`, `vmulps` share one 512-bit issue slot
+    /// per cycle on Zen 4, tests/vnni_peak.rs: ~11 slots per 512 MACs for Q4, ~10 for Q8):
     /// `cargo test --release -p kernels packed_speed -- --ignored --nocapture`.
     #[test]
     #[ignore]
