@@ -4,13 +4,21 @@
 //!
 //!     cargo test --release -p kernels --test vnni_peak -- --ignored --nocapture
 
+/// Whether the CPU has AVX-512 VNNI (saying so when not).
+#[cfg(target_arch = "x86_64")]
+fn has_vnni() -> bool {
+    let has = kernels::cpu::Features::get().avx512_vnni;
+    if !has {
+        eprintln!("no AVX-512 VNNI on this CPU");
+    }
+    has
+}
+
 #[cfg(target_arch = "x86_64")]
 #[test]
 #[ignore = "a measurement, not a check: run by hand"]
 fn vnni_peak() {
-    use kernels::cpu::Features;
-    if !Features::get().avx512_vnni {
-        eprintln!("no AVX-512 VNNI on this CPU");
+    if !has_vnni() {
         return;
     }
     let iters = 100_000_000u64;
@@ -56,9 +64,7 @@ unsafe fn chains(iters: u64) -> i32 {
 #[test]
 #[ignore = "a measurement, not a check: run by hand"]
 fn vnni_with_float_ops() {
-    use kernels::cpu::Features;
-    if !Features::get().avx512_vnni {
-        eprintln!("no AVX-512 VNNI on this CPU");
+    if !has_vnni() {
         return;
     }
     let iters = 50_000_000u64;

@@ -446,6 +446,9 @@ mod avx512 {
         }
         softmax_rows(scores, n_pos);
         // ---- out = softmax(scores) V: run by run, up to 4 heads x 64 dims per pass ----
+        if runs.is_empty() {
+            out.fill(0.0);
+        }
         let mut p0 = 0;
         for (i, run) in runs.iter().enumerate() {
             for h in 0..kv_heads {
