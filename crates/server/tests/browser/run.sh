@@ -20,6 +20,7 @@ apt_install() {
     echo "run.sh: installing $* with apt-get"
     as_root apt-get update -qq
     as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+    as_root apt-get clean # the downloaded packages are not needed again (CI's disk is small)
 }
 command -v chromium >/dev/null || apt_install chromium
 command -v npm >/dev/null || apt_install nodejs npm

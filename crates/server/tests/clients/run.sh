@@ -19,7 +19,7 @@ stamp="$venv/.requirements"
 if ! cmp -s "$here/requirements.txt" "$stamp" 2>/dev/null; then
     echo "run.sh: installing the clients into $venv"
     python3 -m venv "$venv"
-    "$venv/bin/pip" install --quiet --disable-pip-version-check -r "$here/requirements.txt"
+    "$venv/bin/pip" install --quiet --disable-pip-version-check --no-cache-dir -r "$here/requirements.txt"
     cp "$here/requirements.txt" "$stamp"
 fi
 
