@@ -225,6 +225,9 @@ impl Llama {
         Self::check_and_reserve(&self.config, batch, cache)?;
         // Long batches run in pieces: the same results (each piece's tokens see the cache the
         // earlier pieces wrote), with activation scratch bounded by the piece.
+        if batch.len() <= FORWARD_PIECE {
+            return self.forward_piece(batch, cache, pool);
+        }
         let mut logits = Vec::new();
         for piece in batch.chunks(FORWARD_PIECE) {
             logits.extend(self.forward_piece(piece, cache, pool)?);

@@ -84,13 +84,29 @@ pub struct Sampler {
 
 /// The index of the largest value; the first one on ties, as torch.argmax.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, v) in logits.iter().enumerate() {
-        if *v > logits[best] {
-            best = i;
+    // The maximum 16 lanes at a time, then the first 16 holding it: both passes vectorize,
+    // where one pass keeping the index did not (a scalar compare per logit).
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    let mut chunks = logits.chunks_exact(16);
+    for c in &mut chunks {
+        for (l, v) in lanes.iter_mut().zip(c) {
+            *l = l.max(*v);
         }
     }
-    best as u32
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, v| m.max(*v));
+    let first = logits
+        .chunks(16)
+        .position(|c| c.iter().fold(false, |any, v| any | (*v == max)))
+        .unwrap_or(0);
+    let at = logits[first * 16..]
+        .iter()
+        .position(|v| *v == max)
+        .unwrap_or(0);
+    (first * 16 + at) as u32
 }
 
 impl Sampler {
@@ -346,6 +362,25 @@ mod tests {
             typical_filter(&mut c, p.typical_p);
         }
         c
+    }
+
+    #[test]
+    fn argmax_is_the_first_largest_as_torch_picks_it() {
+        let mut rng = Rng::new(11);
+        for len in [1usize, 5, 16, 17, 100, 49152] {
+            for _ in 0..20 {
+                // A coarse grid, so that the maximum is often tied.
+                let v: Vec<f32> = (0..len)
+                    .map(|_| (rng.next_f64() * 8.0).floor() as f32)
+                    .collect();
+                let max = v.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let first = v.iter().position(|&x| x == max).unwrap();
+                assert_eq!(argmax(&v), first as u32, "len {len}");
+            }
+        }
+        assert_eq!(argmax(&[f32::NAN, 1.0, 3.0, 3.0]), 2);
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 3]), 0);
+        assert_eq!(argmax(&[]), 0);
     }
 
     #[test]
