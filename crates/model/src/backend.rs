@@ -41,6 +41,11 @@ pub trait Forward {
         cache: &mut KvCache,
         pool: &ThreadPool,
     ) -> Result<Vec<f32>, ForwardError>;
+    /// Hands back logits returned by `forward` once read, so that the next pass can reuse the
+    /// buffer; the default drops them.
+    fn recycle_logits(&mut self, logits: Vec<f32>) {
+        drop(logits);
+    }
     /// How a step mixes prompts with decode rows: None keeps the engine's policy for the CPU
     /// (a step costs about the same per token, so prompts go in small chunks every step);
     /// Some((chunk, hold)) lets a step take up to `chunk` prompt tokens while others decode and
@@ -86,5 +91,8 @@ impl Forward for Llama {
         pool: &ThreadPool,
     ) -> Result<Vec<f32>, ForwardError> {
         Llama::forward(self, batch, cache, pool)
+    }
+    fn recycle_logits(&mut self, logits: Vec<f32>) {
+        Llama::recycle_logits(self, logits)
     }
 }

@@ -46,7 +46,14 @@ pub struct Llama {
     /// None when tied to `embed_tokens`.
     pub lm_head: Option<Matrix>, // (n_vocab, hidden)
     inv_freq: Vec<f32>, // (rope_dims / 2)
+    /// A logits buffer handed back by [`Llama::recycle_logits`], written over by the next
+    /// forward pass instead of a new one that would be zeroed first (3 MB a serving step).
+    spare_logits: std::sync::Mutex<Vec<f32>>,
 }
+
+/// Recycled logits buffers larger than this many floats are dropped (a prompt scored for
+/// log-probabilities returns logits for every position).
+const MAX_SPARE_LOGITS: usize = 1 << 22;
 
 /// One token of a batch: which sequence, at which position, and whether to return its logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -176,7 +183,15 @@ impl Llama {
             norm,
             lm_head,
             inv_freq,
+            spare_logits: Default::default(),
         })
+    }
+
+    /// Takes back logits returned by [`Llama::forward`] once read, for the next pass to fill.
+    pub fn recycle_logits(&self, logits: Vec<f32>) {
+        if logits.capacity() <= MAX_SPARE_LOGITS {
+            *self.spare_logits.lock().unwrap_or_else(|p| p.into_inner()) = logits;
+        }
     }
 
     pub fn new_cache(&self, max_tokens: usize) -> KvCache {
@@ -387,7 +402,10 @@ impl Llama {
             );
         }
         let head = self.lm_head.as_ref().unwrap_or(&self.embed_tokens);
-        let mut logits = vec![0f32; marked.len() * c.n_vocab];
+        // Every element is written by the matmul: a recycled buffer is not zeroed again.
+        let mut logits =
+            std::mem::take(&mut *self.spare_logits.lock().unwrap_or_else(|p| p.into_inner()));
+        logits.resize(marked.len() * c.n_vocab, 0.0);
         matmul(pool, &head.view(), &h, marked.len(), &mut logits);
         Ok(logits)
     }

@@ -577,6 +577,7 @@ impl Engine {
                 _ => {}
             }
         }
+        self.model.recycle_logits(logits);
         self.remove_done();
         self.publish_gauges();
         let m = &self.metrics;

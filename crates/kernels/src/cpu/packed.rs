@@ -310,12 +310,19 @@ impl Activations {
     /// for bit; rows are split over the pool when there are many (prefill).
     fn quantize(pool: &ThreadPool, x: &[f32], cols: usize, simd: bool) -> Activations {
         let blocks = x.len() / QK;
-        let mut a = Activations {
-            qs: vec![0; x.len()],
-            d: vec![0.0; blocks],
-            isum: vec![0; blocks],
-            dsum: Vec::new(),
-        };
+        // Every element is written below: buffers of an earlier call are reused as they are
+        // (zeroing new ones was ~0.5% of a batched decode step).
+        let mut a = SPARE_ACTIVATIONS
+            .with(|s| s.take())
+            .unwrap_or_else(|| Activations {
+                qs: Vec::new(),
+                d: Vec::new(),
+                isum: Vec::new(),
+                dsum: Vec::new(),
+            });
+        a.qs.resize(x.len(), 0);
+        a.d.resize(blocks, 0.0);
+        a.isum.resize(blocks, 0);
         let n = x.len() / cols.max(1);
         let nb = cols / QK;
         let (qs, d, isum) = (
@@ -349,13 +356,20 @@ impl Activations {
         } else {
             rows(0..n);
         }
-        a.dsum =
-            a.d.iter()
-                .zip(&a.isum)
-                .map(|(&d, &s)| d * s as f32)
-                .collect();
+        a.dsum.clear();
+        a.dsum
+            .extend(a.d.iter().zip(&a.isum).map(|(&d, &s)| d * s as f32));
         a
     }
+
+    /// Keeps the buffers for the calling thread's next [`Activations::quantize`].
+    fn recycle(self) {
+        SPARE_ACTIVATIONS.with(|s| s.set(Some(self)));
+    }
+}
+
+thread_local! {
+    static SPARE_ACTIVATIONS: std::cell::Cell<Option<Activations>> = const { std::cell::Cell::new(None) };
 }
 
 fn quantize_portable(x: &[f32], qs: &mut [i8], d: &mut [f32], isum: &mut [i32]) {
@@ -517,6 +531,7 @@ pub fn matmul_many(
             }
         }
     });
+    act.recycle();
 }
 
 /// A 4-bit block's offset `m` from its stored second field (Q4Z stores `-z`).
