@@ -969,13 +969,7 @@ mod tests {
                 let iters = 4000 / n.max(4) * 4;
                 let t = std::time::Instant::now();
                 for i in 0..iters {
-                    let view = WeightView::new(
-                        crate::cpu::matmul::WeightFormat::Packed(pk),
-                        &all[i % copies],
-                        rows,
-                        cols,
-                    )
-                    .unwrap();
+                    let view = packed_view(pk, &all[i % copies], rows, cols);
                     matmul(&pool, Features::get(), pk, &view, &x, n, &mut y);
                 }
                 let s = t.elapsed().as_secs_f64();
@@ -989,6 +983,16 @@ mod tests {
         }
     }
 
+    fn packed_view(pk: PackedKind, data: &[u8], rows: usize, cols: usize) -> WeightView<'_> {
+        WeightView::new(
+            crate::cpu::matmul::WeightFormat::Packed(pk),
+            data,
+            rows,
+            cols,
+        )
+        .unwrap()
+    }
+
     /// A token's outputs do not depend on the batch it is computed in (tiles of 4, 3, 2 or 1
     /// tokens, threads): bit for bit those of the token alone. Serving relies on it: a
     /// request's greedy text must not change with the other requests in the step.
@@ -1000,13 +1004,7 @@ mod tests {
         for kind in [QuantKind::Q4_1, QuantKind::Q8_0] {
             let data = random_blocks(kind, rows * cols / QK, &mut rng);
             let (pk, packed) = pack(kind, &data, rows, cols).unwrap();
-            let view = WeightView::new(
-                crate::cpu::matmul::WeightFormat::Packed(pk),
-                &packed,
-                rows,
-                cols,
-            )
-            .unwrap();
+            let view = packed_view(pk, &packed, rows, cols);
             for feat in [Features::PORTABLE, Features::get()] {
                 for n in [2usize, 3, 5, 7, 16] {
                     let x: Vec<f32> = (0..n * cols).map(|_| rng.f32()).collect();
@@ -1048,13 +1046,7 @@ mod tests {
                 let wf = dequantize(kind, &data);
                 let x: Vec<f32> = (0..n * cols).map(|_| rng.f32()).collect();
                 let (pk, packed) = pack(kind, &data, rows, cols).unwrap();
-                let view = WeightView::new(
-                    crate::cpu::matmul::WeightFormat::Packed(pk),
-                    &packed,
-                    rows,
-                    cols,
-                )
-                .unwrap();
+                let view = packed_view(pk, &packed, rows, cols);
                 let mut portable = vec![f32::NAN; n * rows];
                 matmul(&pool, Features::PORTABLE, pk, &view, &x, n, &mut portable);
                 let mut feats = vec![];
