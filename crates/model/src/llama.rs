@@ -5,6 +5,7 @@
 use crate::config::ModelConfig;
 use crate::kv_cache::{KvCache, SeqId};
 use crate::weights::Matrix;
+use kernels::cpu::ahead::Ahead;
 use kernels::cpu::attention::{attend, attend_causal, CausalScratch};
 use kernels::cpu::matmul::matmul_many;
 use kernels::cpu::ops::{rms_norm, rope_angles, rope_inv_freq, rope_rotate, swiglu};
@@ -335,6 +336,7 @@ impl Llama {
                 ],
                 &s.h,
                 n,
+                None,
             );
             if let Some([bq, bk, bv]) = &layer.qkv_bias {
                 add_bias(&mut s.q, bq);
@@ -363,7 +365,20 @@ impl Llama {
                 }
             });
             self.attention(li, batch, cache, &s.q, &mut s.attn, pool)?;
-            matmul(pool, &layer.o_proj.view(), &s.attn, n, &mut s.out);
+            // The next layer's caches, asked for by this layer's matrix products, in shares
+            // proportional to their weights.
+            let ahead = self.next_layer_cache(li + 1, batch, cache)?;
+            let (wo, wgu, wd) = (c.q_dim(), 2 * c.intermediate, c.intermediate);
+            let share = |from: usize, to: usize| {
+                (!ahead.is_empty()).then(|| ahead.window(from, to, wo + wgu + wd))
+            };
+            matmul_many(
+                pool,
+                &mut [(layer.o_proj.view(), &mut s.out[..])],
+                &s.attn,
+                n,
+                share(0, wo),
+            );
 
             // ---- MLP ----
             residual_norm(
@@ -382,9 +397,16 @@ impl Llama {
                 ],
                 &s.h,
                 n,
+                share(wo, wo + wgu),
             );
             pooled_swiglu(pool, &mut s.gate, &s.up, c.intermediate);
-            matmul(pool, &layer.down_proj.view(), &s.gate, n, &mut s.out);
+            matmul_many(
+                pool,
+                &mut [(layer.down_proj.view(), &mut s.out[..])],
+                &s.gate,
+                n,
+                share(wo + wgu, wo + wgu + wd),
+            );
         }
         if !self.layers.is_empty() {
             add_in_place(&mut s.x, &s.out);
@@ -484,6 +506,36 @@ impl Llama {
         }
     }
 
+    /// The cache rows that `layer`'s attention will read for the decode tokens of `batch`,
+    /// when there are enough of them for the attention to wait on memory (none otherwise).
+    fn next_layer_cache<'c>(
+        &self,
+        layer: usize,
+        batch: &[BatchToken],
+        cache: &'c KvCache,
+    ) -> Result<Ahead<'c>, ForwardError> {
+        let mut ahead = Ahead::default();
+        let decode = prefill_tiles(batch).iter().filter(|&&(_, t)| t == 1).count();
+        if layer >= self.layers.len() || decode < AHEAD_FROM_DECODE_TOKENS {
+            return Ok(ahead);
+        }
+        for (i, t) in prefill_tiles(batch) {
+            if t != 1 {
+                continue;
+            }
+            let t = &batch[i];
+            for run in cache.view(t.seq)?.runs(layer, t.pos + 1) {
+                for half in [run.keys, run.values] {
+                    // SAFETY: f16 is two plain bytes.
+                    ahead.push(unsafe {
+                        std::slice::from_raw_parts(half.as_ptr() as *const u8, half.len() * 2)
+                    });
+                }
+            }
+        }
+        Ok(ahead)
+    }
+
     /// Causal grouped-query attention of every (token, head) over its sequence's cache.
     fn attention(
         &self,
@@ -575,6 +627,10 @@ thread_local! {
     static ATTENTION_SCRATCH: std::cell::RefCell<(Vec<f32>, CausalScratch, Vec<f32>)> =
         std::cell::RefCell::new((Vec::new(), CausalScratch::default(), Vec::new()));
 }
+
+/// Decode tokens in a step from which each layer's matrix products prefetch the next layer's
+/// caches: one sequence's cache is small next to the weights the products read anyway.
+const AHEAD_FROM_DECODE_TOKENS: usize = 4;
 
 /// Tokens per forward pass piece: 256 tokens of activations are ~6 MB for SmolLM2 (~60 MB
 /// for a 70B), and a piece that long already reuses each weight block for many tokens.

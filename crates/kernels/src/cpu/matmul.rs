@@ -1,6 +1,7 @@
 //! `y = x W^T` for a weight matrix stored row by row in one of the model file formats, over
 //! a batch of activation rows, split across the thread pool by output rows.
 
+use super::ahead::AheadWindow;
 use super::dot::{self, QuantKind};
 use super::gptq::{self, GptqFormat};
 use super::packed::{self, PackedKind};
@@ -161,8 +162,15 @@ pub fn matmul(pool: &ThreadPool, w: &WeightView, x: &[f32], n: usize, y: &mut [f
 
 /// Several matrices with the same input width applied to the same activations,
 /// `jobs[j].1 = x W_j^T` (each (n, rows_j)): one pool job and one activation quantization
-/// when they are all packed (Q/K/V, gate/up), else one [`matmul`] each.
-pub fn matmul_many(pool: &ThreadPool, jobs: &mut [(WeightView, &mut [f32])], x: &[f32], n: usize) {
+/// when they are all packed (Q/K/V, gate/up), else one [`matmul`] each. The packed kernels'
+/// jobs also prefetch `ahead`, a share each (see [`super::ahead`]).
+pub fn matmul_many(
+    pool: &ThreadPool,
+    jobs: &mut [(WeightView, &mut [f32])],
+    x: &[f32],
+    n: usize,
+    ahead: Option<AheadWindow>,
+) {
     let feat = Features::get();
     let Some((cols, perm)) = jobs.first().map(|(w, _)| (w.cols, w.perm)) else {
         return;
@@ -172,7 +180,7 @@ pub fn matmul_many(pool: &ThreadPool, jobs: &mut [(WeightView, &mut [f32])], x: 
         matches!(w.format, WeightFormat::Packed(_)) && w.cols == cols && w.perm == perm
     }) {
         let gathered = perm.map(|p| gather(p, x, n));
-        return packed::matmul_many(pool, feat, jobs, gathered.as_deref().unwrap_or(x), n);
+        return packed::matmul_many(pool, feat, jobs, gathered.as_deref().unwrap_or(x), n, ahead);
     }
     for (w, y) in jobs.iter_mut() {
         matmul_with(pool, feat, w, x, n, y);

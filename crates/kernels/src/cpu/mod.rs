@@ -1,5 +1,6 @@
 //! CPU kernels: the thread pool, activation quantization, dot products and matrix products.
 
+pub mod ahead;
 pub mod attention;
 pub mod dot;
 pub mod features;

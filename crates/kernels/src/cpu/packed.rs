@@ -26,6 +26,7 @@
 //! The integer sums per (row, block) are the same as the row-at-a-time kernels'; only the
 //! order of the float additions differs.
 
+use super::ahead::AheadWindow;
 use super::dot::{f16_at, QuantKind};
 use super::matmul::{WeightFormat, WeightView};
 use super::pool::ThreadPool;
@@ -443,18 +444,19 @@ pub fn matmul(
     y: &mut [f32],
 ) {
     let _ = kind;
-    matmul_many(pool, feat, &mut [(*w, y)], x, n);
+    matmul_many(pool, feat, &mut [(*w, y)], x, n, None);
 }
 
 /// Several packed matrices with the same input width applied to the same activations in
 /// one pool job (the activations are quantized once and the threads synchronize once):
-/// `ys[j] = x W_j^T`, each (n, rows_j).
+/// `ys[j] = x W_j^T`, each (n, rows_j). Each tile pass also prefetches its share of `side`.
 pub fn matmul_many(
     pool: &ThreadPool,
     feat: Features,
     jobs: &mut [(WeightView, &mut [f32])],
     x: &[f32],
     n: usize,
+    side: Option<AheadWindow>,
 ) {
     let Some(cols) = jobs.first().map(|(w, _)| w.cols) else {
         return;
@@ -496,6 +498,9 @@ pub fn matmul_many(
                     let at = |pass: usize| (pass * lines / passes * 64).min(a.len());
                     let pass = t / TOKEN_TILE;
                     prefetch_l2(&a[at(pass)..at(pass + 1)]);
+                }
+                if let Some(side) = side {
+                    side.fetch(gg * passes + t / TOKEN_TILE, groups * passes);
                 }
                 let tile = (n - t).min(TOKEN_TILE);
                 let toks = t..t + tile;
