@@ -3,9 +3,15 @@
 /// `out = x / rms(x) * weight`, with the mean of squares taken in f64 against cancellation.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if super::Features::get().avx2_fma {
-        // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { avx2::rms_norm(x, weight, eps, out) };
+    {
+        let f = super::Features::get();
+        // SAFETY: each build runs only where the CPU has its instruction sets.
+        if f.avx512_vnni {
+            return unsafe { avx512::rms_norm(x, weight, eps, out) };
+        }
+        if f.avx2_fma {
+            return unsafe { avx2::rms_norm(x, weight, eps, out) };
+        }
     }
     rms_norm_body(x, weight, eps, out)
 }
@@ -94,9 +100,15 @@ pub fn rope_rotate(x: &mut [f32], head_dim: usize, sc: &[(f32, f32)], style: Rop
 /// `gate = silu(gate) * up`, in place.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     #[cfg(target_arch = "x86_64")]
-    if super::Features::get().avx2_fma {
-        // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { avx2::swiglu(gate, up) };
+    {
+        let f = super::Features::get();
+        // SAFETY: each build runs only where the CPU has its instruction sets.
+        if f.avx512_vnni {
+            return unsafe { avx512::swiglu(gate, up) };
+        }
+        if f.avx2_fma {
+            return unsafe { avx2::swiglu(gate, up) };
+        }
     }
     swiglu_body(gate, up);
 }
@@ -111,9 +123,15 @@ fn swiglu_body(gate: &mut [f32], up: &[f32]) {
 /// Softmax in place; returns nothing useful for an empty slice.
 pub fn softmax(x: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if super::Features::get().avx2_fma {
-        // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { avx2::softmax(x) };
+    {
+        let f = super::Features::get();
+        // SAFETY: each build runs only where the CPU has its instruction sets.
+        if f.avx512_vnni {
+            return unsafe { avx512::softmax(x) };
+        }
+        if f.avx2_fma {
+            return unsafe { avx2::softmax(x) };
+        }
     }
     softmax_body(x);
 }
@@ -124,9 +142,10 @@ fn softmax_body(x: &mut [f32]) {
     for v in x.iter_mut() {
         *v = exp(*v - max);
     }
-    // Eight partial sums: a reduction the compiler may vectorize without reordering doubts.
-    let mut part = [0f32; 8];
-    let mut chunks = x.chunks_exact(8);
+    // Sixteen partial sums: a reduction the compiler may vectorize (one AVX-512 vector)
+    // without reordering doubts.
+    let mut part = [0f32; 16];
+    let mut chunks = x.chunks_exact(16);
     for c in &mut chunks {
         for (p, v) in part.iter_mut().zip(c) {
             *p += v;
@@ -143,9 +162,15 @@ fn softmax_body(x: &mut [f32]) {
 /// minus this), in one vectorized pass over the row after the max; -inf for an empty row.
 pub fn log_sum_exp(x: &[f32]) -> f32 {
     #[cfg(target_arch = "x86_64")]
-    if super::Features::get().avx2_fma {
-        // SAFETY: the CPU has AVX2 and FMA.
-        return unsafe { avx2::log_sum_exp(x) };
+    {
+        let f = super::Features::get();
+        // SAFETY: each build runs only where the CPU has its instruction sets.
+        if f.avx512_vnni {
+            return unsafe { avx512::log_sum_exp(x) };
+        }
+        if f.avx2_fma {
+            return unsafe { avx2::log_sum_exp(x) };
+        }
     }
     log_sum_exp_body(x)
 }
@@ -156,8 +181,8 @@ fn log_sum_exp_body(x: &[f32]) -> f32 {
     if !max.is_finite() {
         return max;
     }
-    let mut part = [0f32; 8];
-    let mut chunks = x.chunks_exact(8);
+    let mut part = [0f32; 16];
+    let mut chunks = x.chunks_exact(16);
     for c in &mut chunks {
         for (p, v) in part.iter_mut().zip(c) {
             *p += exp(v - max);
@@ -167,30 +192,38 @@ fn log_sum_exp_body(x: &[f32]) -> f32 {
     max + (part.iter().sum::<f32>() + tail).ln()
 }
 
-/// The bodies above compiled with AVX2 and FMA, so that their loops (with [`exp`] inlined)
-/// become 8-wide.
-#[cfg(target_arch = "x86_64")]
-mod avx2 {
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
-        super::swiglu_body(gate, up)
-    }
+/// The bodies above compiled for wider vectors, so that their loops (with [`exp`] inlined)
+/// become 8-wide (AVX2) or 16-wide (AVX-512). Rust keeps the order of float operations, so
+/// every build gives the same bits.
+macro_rules! simd_build {
+    ($module:ident, $features:literal) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $module {
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn swiglu(gate: &mut [f32], up: &[f32]) {
+                super::swiglu_body(gate, up)
+            }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn softmax(x: &mut [f32]) {
-        super::softmax_body(x)
-    }
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn softmax(x: &mut [f32]) {
+                super::softmax_body(x)
+            }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-        super::rms_norm_body(x, weight, eps, out)
-    }
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+                super::rms_norm_body(x, weight, eps, out)
+            }
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn log_sum_exp(x: &[f32]) -> f32 {
-        super::log_sum_exp_body(x)
-    }
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn log_sum_exp(x: &[f32]) -> f32 {
+                super::log_sum_exp_body(x)
+            }
+        }
+    };
 }
+
+simd_build!(avx2, "avx2,fma");
+simd_build!(avx512, "avx512f,avx512bw,avx512vl,avx2,fma");
 
 /// `e^x` without a libm call, so that loops over slices vectorize (libm's `expf` was 7% of a
 /// prefill): `x = n ln 2 + y` with an integer `n`, built directly in the exponent bits, and
@@ -234,16 +267,14 @@ mod tests {
     /// The dispatched kernel against the portable body (bit for bit) and against one
     /// sequential f64 sum (the order differs; the f32 results agree to an ulp).
     #[test]
-    fn rms_norm_paths_agree() {
+    fn rms_norm_is_within_two_ulps_of_the_f64_formula() {
         for len in [1usize, 15, 16, 17, 576, 1000] {
             let x: Vec<f32> = (0..len)
                 .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.37)
                 .collect();
             let w: Vec<f32> = (0..len).map(|i| 0.5 + (i % 7) as f32 * 0.1).collect();
-            let (mut fast, mut body) = (vec![0f32; len], vec![0f32; len]);
+            let mut fast = vec![0f32; len];
             rms_norm(&x, &w, 1e-5, &mut fast);
-            rms_norm_body(&x, &w, 1e-5, &mut body);
-            assert_eq!(fast, body, "len {len}");
             let ms = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>() / len as f64;
             let scale = (1.0 / (ms + 1e-5f64).sqrt()) as f32;
             for ((o, v), w) in fast.iter().zip(&x).zip(&w) {
@@ -252,6 +283,69 @@ mod tests {
                     (o - want).abs() <= want.abs() * 2.0 * f32::EPSILON,
                     "len {len}: {o} vs {want}"
                 );
+            }
+        }
+    }
+
+    /// Every build of the small ops gives the portable body's bits.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn simd_builds_equal_the_portable_bodies() {
+        let f = super::super::Features::get();
+        for len in [1usize, 7, 16, 17, 100, 576, 1537] {
+            let x: Vec<f32> = (0..len)
+                .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.17)
+                .collect();
+            let w: Vec<f32> = (0..len).map(|i| 0.5 + (i % 7) as f32 * 0.1).collect();
+            let want_norm = {
+                let mut o = vec![0f32; len];
+                rms_norm_body(&x, &w, 1e-5, &mut o);
+                o
+            };
+            let want_glu = {
+                let mut g = x.clone();
+                swiglu_body(&mut g, &w);
+                g
+            };
+            let want_soft = {
+                let mut v = x.clone();
+                softmax_body(&mut v);
+                v
+            };
+            let want_lse = log_sum_exp_body(&x);
+            type Build = (
+                unsafe fn(&[f32], &[f32], f32, &mut [f32]),
+                unsafe fn(&mut [f32], &[f32]),
+                unsafe fn(&mut [f32]),
+                unsafe fn(&[f32]) -> f32,
+            );
+            let mut builds: Vec<(&str, Build)> = Vec::new();
+            if f.avx2_fma {
+                builds.push((
+                    "avx2",
+                    (avx2::rms_norm, avx2::swiglu, avx2::softmax, avx2::log_sum_exp),
+                ));
+            }
+            if f.avx512_vnni {
+                builds.push((
+                    "avx512",
+                    (avx512::rms_norm, avx512::swiglu, avx512::softmax, avx512::log_sum_exp),
+                ));
+            }
+            for (name, (norm, glu, soft, lse)) in builds {
+                // SAFETY: each build is called only where the CPU has its instruction sets.
+                unsafe {
+                    let mut o = vec![0f32; len];
+                    norm(&x, &w, 1e-5, &mut o);
+                    assert_eq!(o, want_norm, "{name} rms_norm, len {len}");
+                    let mut g = x.clone();
+                    glu(&mut g, &w);
+                    assert_eq!(g, want_glu, "{name} swiglu, len {len}");
+                    let mut v = x.clone();
+                    soft(&mut v);
+                    assert_eq!(v, want_soft, "{name} softmax, len {len}");
+                    assert_eq!(lse(&x).to_bits(), want_lse.to_bits(), "{name} lse, len {len}");
+                }
             }
         }
     }
