@@ -515,7 +515,10 @@ impl Llama {
         cache: &'c KvCache,
     ) -> Result<Ahead<'c>, ForwardError> {
         let mut ahead = Ahead::default();
-        let decode = prefill_tiles(batch).iter().filter(|&&(_, t)| t == 1).count();
+        let decode = prefill_tiles(batch)
+            .iter()
+            .filter(|&&(_, t)| t == 1)
+            .count();
         if layer >= self.layers.len() || decode < AHEAD_FROM_DECODE_TOKENS {
             return Ok(ahead);
         }

@@ -83,16 +83,43 @@ pub fn rope_angles(pos: usize, inv_freq: &[f32], out: &mut [(f32, f32)]) {
 
 /// Rotates each head of `x` by the angles of [`rope_angles`] (one pair per frequency).
 pub fn rope_rotate(x: &mut [f32], head_dim: usize, sc: &[(f32, f32)], style: RopeStyle) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let f = super::Features::get();
+        // SAFETY: each build runs only where the CPU has its instruction sets.
+        if f.avx512_vnni {
+            return unsafe { avx512::rope_rotate(x, head_dim, sc, style) };
+        }
+        if f.avx2_fma {
+            return unsafe { avx2::rope_rotate(x, head_dim, sc, style) };
+        }
+    }
+    rope_rotate_body(x, head_dim, sc, style)
+}
+
+/// One loop per style, so that each vectorizes (a style chosen per element did not).
+#[inline(always)]
+fn rope_rotate_body(x: &mut [f32], head_dim: usize, sc: &[(f32, f32)], style: RopeStyle) {
     let half = sc.len();
+    let rotate = |x0: &mut f32, x1: &mut f32, &(sin, cos): &(f32, f32)| {
+        let (a, b) = (*x0, *x1);
+        *x0 = a * cos - b * sin;
+        *x1 = a * sin + b * cos;
+    };
     for head in x.chunks_exact_mut(head_dim) {
-        for (i, &(sin, cos)) in sc.iter().enumerate() {
-            let (a, b) = match style {
-                RopeStyle::Halves => (i, i + half),
-                RopeStyle::Adjacent => (2 * i, 2 * i + 1),
-            };
-            let (x0, x1) = (head[a], head[b]);
-            head[a] = x0 * cos - x1 * sin;
-            head[b] = x0 * sin + x1 * cos;
+        match style {
+            RopeStyle::Halves => {
+                let (lo, hi) = head[..2 * half].split_at_mut(half);
+                for ((x0, x1), a) in lo.iter_mut().zip(hi).zip(sc) {
+                    rotate(x0, x1, a);
+                }
+            }
+            RopeStyle::Adjacent => {
+                for (pair, a) in head[..2 * half].chunks_exact_mut(2).zip(sc) {
+                    let (x0, x1) = pair.split_at_mut(1);
+                    rotate(&mut x0[0], &mut x1[0], a);
+                }
+            }
         }
     }
 }
@@ -218,6 +245,16 @@ macro_rules! simd_build {
             pub(super) unsafe fn log_sum_exp(x: &[f32]) -> f32 {
                 super::log_sum_exp_body(x)
             }
+
+            #[target_feature(enable = $features)]
+            pub(super) unsafe fn rope_rotate(
+                x: &mut [f32],
+                head_dim: usize,
+                sc: &[(f32, f32)],
+                style: super::RopeStyle,
+            ) {
+                super::rope_rotate_body(x, head_dim, sc, style)
+            }
         }
     };
 }
@@ -313,26 +350,49 @@ mod tests {
                 v
             };
             let want_lse = log_sum_exp_body(&x);
+            let angles: Vec<(f32, f32)> = (0..len.min(64) / 2)
+                .map(|i| ((i as f32 * 0.3).sin(), (i as f32 * 0.3).cos()))
+                .collect();
+            let head_dim = 2 * angles.len().max(1);
+            let rope_in = &x[..len / head_dim * head_dim];
+            let want_rope = [RopeStyle::Halves, RopeStyle::Adjacent].map(|style| {
+                let mut r = rope_in.to_vec();
+                rope_rotate_body(&mut r, head_dim, &angles, style);
+                r
+            });
+            type Rope = unsafe fn(&mut [f32], usize, &[(f32, f32)], RopeStyle);
             type Build = (
                 unsafe fn(&[f32], &[f32], f32, &mut [f32]),
                 unsafe fn(&mut [f32], &[f32]),
                 unsafe fn(&mut [f32]),
                 unsafe fn(&[f32]) -> f32,
             );
-            let mut builds: Vec<(&str, Build)> = Vec::new();
+            let mut builds: Vec<(&str, Build, Rope)> = Vec::new();
             if f.avx2_fma {
                 builds.push((
                     "avx2",
-                    (avx2::rms_norm, avx2::swiglu, avx2::softmax, avx2::log_sum_exp),
+                    (
+                        avx2::rms_norm,
+                        avx2::swiglu,
+                        avx2::softmax,
+                        avx2::log_sum_exp,
+                    ),
+                    avx2::rope_rotate,
                 ));
             }
             if f.avx512_vnni {
                 builds.push((
                     "avx512",
-                    (avx512::rms_norm, avx512::swiglu, avx512::softmax, avx512::log_sum_exp),
+                    (
+                        avx512::rms_norm,
+                        avx512::swiglu,
+                        avx512::softmax,
+                        avx512::log_sum_exp,
+                    ),
+                    avx512::rope_rotate,
                 ));
             }
-            for (name, (norm, glu, soft, lse)) in builds {
+            for (name, (norm, glu, soft, lse), rope) in builds {
                 // SAFETY: each build is called only where the CPU has its instruction sets.
                 unsafe {
                     let mut o = vec![0f32; len];
@@ -344,7 +404,19 @@ mod tests {
                     let mut v = x.clone();
                     soft(&mut v);
                     assert_eq!(v, want_soft, "{name} softmax, len {len}");
-                    assert_eq!(lse(&x).to_bits(), want_lse.to_bits(), "{name} lse, len {len}");
+                    assert_eq!(
+                        lse(&x).to_bits(),
+                        want_lse.to_bits(),
+                        "{name} lse, len {len}"
+                    );
+                    for (style, want) in [RopeStyle::Halves, RopeStyle::Adjacent]
+                        .iter()
+                        .zip(&want_rope)
+                    {
+                        let mut r = rope_in.to_vec();
+                        rope(&mut r, head_dim, &angles, *style);
+                        assert_eq!(&r, want, "{name} rope {style:?}, len {len}");
+                    }
                 }
             }
         }
