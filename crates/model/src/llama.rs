@@ -562,7 +562,8 @@ impl Llama {
         // A decode token is one job for all its key/value heads (one walk over its cache); a
         // prefill tile is one job per key/value head (the tile kernel converts that head's
         // cache once for all its tokens). Longest contexts first, so that the last jobs to be
-        // claimed are short and the threads finish together.
+        // claimed are short and the threads finish together: one task per job, so that the
+        // threads' last tasks differ by at most one short job.
         let mut jobs: Vec<(usize, usize, Option<usize>)> = Vec::new();
         for (i, t) in prefill_tiles(batch) {
             if t == 1 {
@@ -572,49 +573,47 @@ impl Llama {
             }
         }
         jobs.sort_by_key(|&(i, t, _)| std::cmp::Reverse(batch[i].pos + t));
-        pool.for_ranges(jobs.len(), 1, |range| {
+        pool.parallel_for(jobs.len(), |job| {
             ATTENTION_SCRATCH.with_borrow_mut(|(scores, scratch, acc)| {
-                for job in range {
-                    let (i, t, kvh) = jobs[job];
-                    let runs = views[i].runs(layer, batch[i].pos + t);
-                    match kvh {
-                        None => {
-                            let q0 = i * c.q_dim();
-                            acc.resize(c.q_dim(), 0.0);
-                            attend(
-                                &q[q0..q0 + c.q_dim()],
-                                &runs,
-                                0,
-                                c.kv_dim(),
-                                hd,
-                                c.n_kv_heads,
-                                scale,
-                                scores,
-                                acc,
-                            );
-                            // SAFETY: job i owns token i's stretch of `out`.
-                            unsafe { out_ptr.write(q0, acc) };
-                        }
-                        Some(kvh) => {
-                            let q0 = i * c.q_dim() + kvh * group_len;
-                            acc.resize(t * group_len, 0.0);
-                            attend_causal(
-                                &q[q0..],
-                                c.q_dim(),
-                                t,
-                                &runs,
-                                kvh * hd,
-                                c.kv_dim(),
-                                hd,
-                                scale,
-                                batch[i].pos,
-                                scratch,
-                                acc,
-                            );
-                            for (k, a) in acc.chunks_exact(group_len).enumerate() {
-                                // SAFETY: job (tile, kvh) owns these disjoint stretches of `out`.
-                                unsafe { out_ptr.write((i + k) * c.q_dim() + kvh * group_len, a) };
-                            }
+                let (i, t, kvh) = jobs[job];
+                let runs = views[i].runs(layer, batch[i].pos + t);
+                match kvh {
+                    None => {
+                        let q0 = i * c.q_dim();
+                        acc.resize(c.q_dim(), 0.0);
+                        attend(
+                            &q[q0..q0 + c.q_dim()],
+                            &runs,
+                            0,
+                            c.kv_dim(),
+                            hd,
+                            c.n_kv_heads,
+                            scale,
+                            scores,
+                            acc,
+                        );
+                        // SAFETY: job i owns token i's stretch of `out`.
+                        unsafe { out_ptr.write(q0, acc) };
+                    }
+                    Some(kvh) => {
+                        let q0 = i * c.q_dim() + kvh * group_len;
+                        acc.resize(t * group_len, 0.0);
+                        attend_causal(
+                            &q[q0..],
+                            c.q_dim(),
+                            t,
+                            &runs,
+                            kvh * hd,
+                            c.kv_dim(),
+                            hd,
+                            scale,
+                            batch[i].pos,
+                            scratch,
+                            acc,
+                        );
+                        for (k, a) in acc.chunks_exact(group_len).enumerate() {
+                            // SAFETY: job (tile, kvh) owns these disjoint stretches of `out`.
+                            unsafe { out_ptr.write((i + k) * c.q_dim() + kvh * group_len, a) };
                         }
                     }
                 }
