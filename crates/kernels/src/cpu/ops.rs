@@ -1,18 +1,25 @@
 //! The small per-token operations of a transformer layer: RMSNorm, RoPE, SwiGLU, softmax.
 
+/// Returns the widest build of `op` (see `simd_build!` below) that the CPU can run, if any.
+macro_rules! simd_dispatch {
+    ($op:ident($($arg:expr),*)) => {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let f = super::Features::get();
+            // SAFETY: each build runs only where the CPU has its instruction sets.
+            if f.avx512_vnni {
+                return unsafe { avx512::$op($($arg),*) };
+            }
+            if f.avx2_fma {
+                return unsafe { avx2::$op($($arg),*) };
+            }
+        }
+    };
+}
+
 /// `out = x / rms(x) * weight`, with the mean of squares taken in f64 against cancellation.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let f = super::Features::get();
-        // SAFETY: each build runs only where the CPU has its instruction sets.
-        if f.avx512_vnni {
-            return unsafe { avx512::rms_norm(x, weight, eps, out) };
-        }
-        if f.avx2_fma {
-            return unsafe { avx2::rms_norm(x, weight, eps, out) };
-        }
-    }
+    simd_dispatch!(rms_norm(x, weight, eps, out));
     rms_norm_body(x, weight, eps, out)
 }
 
@@ -83,17 +90,7 @@ pub fn rope_angles(pos: usize, inv_freq: &[f32], out: &mut [(f32, f32)]) {
 
 /// Rotates each head of `x` by the angles of [`rope_angles`] (one pair per frequency).
 pub fn rope_rotate(x: &mut [f32], head_dim: usize, sc: &[(f32, f32)], style: RopeStyle) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let f = super::Features::get();
-        // SAFETY: each build runs only where the CPU has its instruction sets.
-        if f.avx512_vnni {
-            return unsafe { avx512::rope_rotate(x, head_dim, sc, style) };
-        }
-        if f.avx2_fma {
-            return unsafe { avx2::rope_rotate(x, head_dim, sc, style) };
-        }
-    }
+    simd_dispatch!(rope_rotate(x, head_dim, sc, style));
     rope_rotate_body(x, head_dim, sc, style)
 }
 
@@ -126,17 +123,7 @@ fn rope_rotate_body(x: &mut [f32], head_dim: usize, sc: &[(f32, f32)], style: Ro
 
 /// `gate = silu(gate) * up`, in place.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let f = super::Features::get();
-        // SAFETY: each build runs only where the CPU has its instruction sets.
-        if f.avx512_vnni {
-            return unsafe { avx512::swiglu(gate, up) };
-        }
-        if f.avx2_fma {
-            return unsafe { avx2::swiglu(gate, up) };
-        }
-    }
+    simd_dispatch!(swiglu(gate, up));
     swiglu_body(gate, up);
 }
 
@@ -149,17 +136,7 @@ fn swiglu_body(gate: &mut [f32], up: &[f32]) {
 
 /// Softmax in place; returns nothing useful for an empty slice.
 pub fn softmax(x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let f = super::Features::get();
-        // SAFETY: each build runs only where the CPU has its instruction sets.
-        if f.avx512_vnni {
-            return unsafe { avx512::softmax(x) };
-        }
-        if f.avx2_fma {
-            return unsafe { avx2::softmax(x) };
-        }
-    }
+    simd_dispatch!(softmax(x));
     softmax_body(x);
 }
 
@@ -188,17 +165,7 @@ fn softmax_body(x: &mut [f32]) {
 /// `ln(sum(e^x))`, the normalizer of a log-softmax (a token's log-probability is its logit
 /// minus this), in one vectorized pass over the row after the max; -inf for an empty row.
 pub fn log_sum_exp(x: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let f = super::Features::get();
-        // SAFETY: each build runs only where the CPU has its instruction sets.
-        if f.avx512_vnni {
-            return unsafe { avx512::log_sum_exp(x) };
-        }
-        if f.avx2_fma {
-            return unsafe { avx2::log_sum_exp(x) };
-        }
-    }
+    simd_dispatch!(log_sum_exp(x));
     log_sum_exp_body(x)
 }
 
