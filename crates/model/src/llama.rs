@@ -515,17 +515,14 @@ impl Llama {
         cache: &'c KvCache,
     ) -> Result<Ahead<'c>, ForwardError> {
         let mut ahead = Ahead::default();
-        let decode = prefill_tiles(batch)
-            .iter()
-            .filter(|&&(_, t)| t == 1)
-            .count();
-        if layer >= self.layers.len() || decode < AHEAD_FROM_DECODE_TOKENS {
+        let decode: Vec<usize> = prefill_tiles(batch)
+            .into_iter()
+            .filter_map(|(i, t)| (t == 1).then_some(i))
+            .collect();
+        if layer >= self.layers.len() || decode.len() < AHEAD_FROM_DECODE_TOKENS {
             return Ok(ahead);
         }
-        for (i, t) in prefill_tiles(batch) {
-            if t != 1 {
-                continue;
-            }
+        for i in decode {
             let t = &batch[i];
             for run in cache.view(t.seq)?.runs(layer, t.pos + 1) {
                 for half in [run.keys, run.values] {
