@@ -314,6 +314,12 @@ impl Llama {
             rope_angles(t.pos, &self.inv_freq, a);
         }
 
+        // The batch's decode tokens (tiles of one), whose caches the layers prefetch.
+        let decode: Vec<usize> = prefill_tiles(batch)
+            .into_iter()
+            .filter_map(|(i, t)| (t == 1).then_some(i))
+            .collect();
+
         for (li, layer) in self.layers.iter().enumerate() {
             // ---- attention ----
             // The previous layer's MLP output joins the residual here, with the norm.
@@ -367,7 +373,7 @@ impl Llama {
             self.attention(li, batch, cache, &s.q, &mut s.attn, pool)?;
             // The next layer's caches, asked for by this layer's matrix products, in shares
             // proportional to their weights.
-            let ahead = self.next_layer_cache(li + 1, batch, cache)?;
+            let ahead = self.next_layer_cache(li + 1, batch, &decode, cache)?;
             let (wo, wgu, wd) = (c.q_dim(), 2 * c.intermediate, c.intermediate);
             let share = |from: usize, to: usize| {
                 (!ahead.is_empty()).then(|| ahead.window(from, to, wo + wgu + wd))
@@ -506,23 +512,21 @@ impl Llama {
         }
     }
 
-    /// The cache rows that `layer`'s attention will read for the decode tokens of `batch`,
-    /// when there are enough of them for the attention to wait on memory (none otherwise).
+    /// The cache rows that `layer`'s attention will read for the decode tokens `decode` (indices
+    /// into `batch`), when there are enough of them for the attention to wait on memory (none
+    /// otherwise).
     fn next_layer_cache<'c>(
         &self,
         layer: usize,
         batch: &[BatchToken],
+        decode: &[usize],
         cache: &'c KvCache,
     ) -> Result<Ahead<'c>, ForwardError> {
         let mut ahead = Ahead::default();
-        let decode: Vec<usize> = prefill_tiles(batch)
-            .into_iter()
-            .filter_map(|(i, t)| (t == 1).then_some(i))
-            .collect();
         if layer >= self.layers.len() || decode.len() < AHEAD_FROM_DECODE_TOKENS {
             return Ok(ahead);
         }
-        for i in decode {
+        for &i in decode {
             let t = &batch[i];
             for run in cache.view(t.seq)?.runs(layer, t.pos + 1) {
                 for half in [run.keys, run.values] {

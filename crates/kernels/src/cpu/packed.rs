@@ -449,14 +449,14 @@ pub fn matmul(
 
 /// Several packed matrices with the same input width applied to the same activations in
 /// one pool job (the activations are quantized once and the threads synchronize once):
-/// `ys[j] = x W_j^T`, each (n, rows_j). Each tile pass also prefetches its share of `side`.
+/// `ys[j] = x W_j^T`, each (n, rows_j). Each tile pass also prefetches its share of `ahead`.
 pub fn matmul_many(
     pool: &ThreadPool,
     feat: Features,
     jobs: &mut [(WeightView, &mut [f32])],
     x: &[f32],
     n: usize,
-    side: Option<AheadWindow>,
+    ahead: Option<AheadWindow>,
 ) {
     let Some(cols) = jobs.first().map(|(w, _)| w.cols) else {
         return;
@@ -488,19 +488,19 @@ pub fn matmul_many(
             let gb = kind.group_bytes(nb);
             let wg = &data[g * gb..(g + 1) * gb];
             // The next group's weights, prefetched a slice per tile pass (see `prefetch_l2`).
-            let ahead = (n >= PREFETCH_FROM_TOKENS && g + 1 < rows / GROUP)
+            let next_group = (n >= PREFETCH_FROM_TOKENS && g + 1 < rows / GROUP)
                 .then(|| &data[(g + 1) * gb..(g + 2) * gb]);
             let passes = n.div_ceil(TOKEN_TILE);
             let mut t = 0;
             while t < n {
-                if let Some(a) = ahead {
+                if let Some(a) = next_group {
                     let lines = a.len().div_ceil(64);
                     let at = |pass: usize| (pass * lines / passes * 64).min(a.len());
                     let pass = t / TOKEN_TILE;
                     prefetch_l2(&a[at(pass)..at(pass + 1)]);
                 }
-                if let Some(side) = side {
-                    side.fetch(gg * passes + t / TOKEN_TILE, groups * passes);
+                if let Some(ahead) = ahead {
+                    ahead.fetch(gg * passes + t / TOKEN_TILE, groups * passes);
                 }
                 let tile = (n - t).min(TOKEN_TILE);
                 let toks = t..t + tile;
