@@ -24,6 +24,12 @@ fn read_layer(
     for (m, name) in MODULES.iter().enumerate() {
         let (n, k) = d.shape(m);
         let prefix = format!("{p}.{name}");
+        let fp = std::env::var("FPMOD").ok().filter(|m| m.split(',').any(|x| !x.is_empty() && format!("{prefix}.").contains(x)));
+        if fp.is_some() {
+            let src = ModelWeights::open_dir(Path::new(&std::env::var("FPDIR").unwrap()))?;
+            lin.push(layer::tensor_f32(&src, &format!("{prefix}.weight"), &[n, k])?);
+            continue;
+        }
         lin.push(match gptq {
             Some(cfg) if w.contains(&format!("{prefix}.qweight")) => {
                 GptqLinear::read(w, &prefix, cfg, k, n)?

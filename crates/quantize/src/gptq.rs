@@ -304,6 +304,44 @@ fn inverse_factor(h: &Mat<f64>, p: &QuantParams, stats: &mut GptqStats) -> Resul
     }
 }
 
+/// The weight that, applied to the quantized model's inputs `x`, reproduces the original
+/// weight applied to the full-precision model's inputs `x_fp` (GPTAQ's asymmetric
+/// calibration): `w + w (C - H) (H + damp*mean(diag H) I)^-1`, with `C = 2/T sum x_fp^T x`
+/// (`c`, row-major) and the Hessian `H = 2/T sum x^T x`. Undamped, that is the least-squares
+/// `argmin_V sum |w x_fp - V x|^2`, and GPTQ of it on `H` minimizes `sum |w x_fp - q x|^2` (the
+/// cross term vanishes: the target's residual is orthogonal to the inputs). Only the correction
+/// is damped, so that where the inputs agree (`C = H`) the target is `w` itself rather than a
+/// ridge-shrunk copy. Undoes, layer by layer, the drift that the earlier quantized layers put
+/// into the inputs.
+pub fn fp_target(w: &[f32], n: usize, k: usize, h: &[f64], c: &[f64], damp: f64) -> Result<Vec<f32>> {
+    if h.len() != k * k || c.len() != k * k || w.len() != n * k {
+        bail!("fp target: sizes do not match a {n} x {k} weight");
+    }
+    let mean_diag = (0..k).map(|i| h[i * k + i]).sum::<f64>() / k as f64;
+    let lambda = damp.max(1e-6) * mean_diag.max(f64::MIN_POSITIVE);
+    let hd = Mat::<f64>::from_fn(k, k, |i, j| h[i * k + j] + if i == j { lambda } else { 0.0 });
+    let llt = hd
+        .llt(Side::Lower)
+        .map_err(|_| anyhow::anyhow!("fp target: the damped Hessian is not positive definite"))?;
+    use faer::linalg::solvers::Solve;
+    // M^T = Hd^-1 (C - H)^T, so that the target is w + w M.
+    let mt = llt.solve(Mat::<f64>::from_fn(k, k, |i, j| c[j * k + i] - h[j * k + i]));
+    let m = Mat::<f32>::from_fn(k, k, |i, j| mt[(j, i)] as f32);
+    let mut out = w.to_vec();
+    matmul(
+        MatMut::from_row_major_slice_mut(&mut out, n, k),
+        Accum::Add,
+        MatRef::from_row_major_slice(w, n, k),
+        m.as_ref(),
+        1.0f32,
+        Par::rayon(0),
+    );
+    if out.iter().any(|v| !v.is_finite()) {
+        bail!("fp target: not finite (the Hessian is too ill-conditioned)");
+    }
+    Ok(out)
+}
+
 /// GPTQ of `w[n, k]` (nn.Linear layout) against the Hessian `h[k, k]` (row-major, symmetric,
 /// any positive scale: `2/tokens * sum x x^T` here).
 pub fn gptq(

@@ -2,7 +2,7 @@
 //! and the pieces of its forward pass the GPTQ stages need, on batches of whole samples
 //! (`rows = samples * seq_len` tokens, row-major `[rows, width]`).
 
-use crate::linalg::{linear, symmetrize_lower, syrk_lower};
+use crate::linalg::{cross, linear, symmetrize_lower, syrk_lower};
 use anyhow::{bail, Context, Result};
 use faer::linalg::matmul::matmul;
 use faer::{Accum, MatMut, MatRef, Par};
@@ -91,6 +91,7 @@ pub fn row_f32(t: &TensorView<'_>, r: usize) -> Result<Vec<f32>> {
     Ok(view.to_f32_vec()?)
 }
 
+#[derive(Clone)]
 pub struct LayerWeights {
     pub attn_norm: Vec<f32>,
     pub mlp_norm: Vec<f32>,
@@ -308,6 +309,40 @@ impl Hessian {
 
     pub fn finish(mut self) -> Vec<f64> {
         symmetrize_lower(&mut self.sum, self.k);
+        let f = 2.0 / self.tokens.max(1) as f64;
+        self.sum.iter_mut().for_each(|v| *v *= f);
+        self.sum
+    }
+}
+
+/// `2/tokens * sum x_fp^T x` over the calibration tokens: how the full-precision model's inputs
+/// of a projection (`x_fp`) relate to the quantized model's (`x`), on the Hessian's scale.
+pub struct CrossCovariance {
+    k: usize,
+    part: Vec<f32>,
+    sum: Vec<f64>,
+    tokens: usize,
+}
+
+impl CrossCovariance {
+    pub fn new(k: usize) -> CrossCovariance {
+        CrossCovariance {
+            k,
+            part: vec![0.0; k * k],
+            sum: vec![0.0; k * k],
+            tokens: 0,
+        }
+    }
+
+    pub fn add(&mut self, x_fp: &[f32], x: &[f32]) {
+        let rows = x.len() / self.k;
+        self.part.fill(0.0);
+        cross(&mut self.part, x_fp, x, rows, self.k);
+        self.sum.iter_mut().zip(&self.part).for_each(|(s, p)| *s += *p as f64);
+        self.tokens += rows;
+    }
+
+    pub fn finish(mut self) -> Vec<f64> {
         let f = 2.0 / self.tokens.max(1) as f64;
         self.sum.iter_mut().for_each(|v| *v *= f);
         self.sum

@@ -4,6 +4,7 @@
 //! - [`gptq`]: the algorithm on one matrix (and round-to-nearest on the same grid).
 //! - [`layer`]: one decoder layer's f32 forward for calibration, and Hessian accumulation.
 //! - [`pipeline`]: the whole model, layer by layer, true-sequential; the loss table.
+//! - [`rotate`]: orthogonal rotations folded into the weights before quantizing (`--rotate`).
 //! - [`eval`]: perplexity of f16 or GPTQ directories with the same forward (quality table).
 //! - [`data`]: calibration text (plain, JSONL, directories) and seeded token windows.
 //! - [`store`]: calibration activations in memory or spilled to disk.
@@ -16,6 +17,7 @@ pub mod gptq;
 pub mod layer;
 pub mod linalg;
 pub mod pipeline;
+pub mod rotate;
 pub mod store;
 pub mod writer;
 

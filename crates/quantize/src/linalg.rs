@@ -87,6 +87,33 @@ pub fn syrk_lower(h: &mut [f32], x: &[f32], rows: usize, k: usize) {
     }
 }
 
+/// `c[k, k] += a^T b` for `a, b` both `[rows, k]` (split over the worker threads by rows).
+pub fn cross(c: &mut [f32], a: &[f32], b: &[f32], rows: usize, k: usize) {
+    assert_eq!(a.len(), rows * k, "cross: first input size");
+    assert_eq!(b.len(), rows * k, "cross: second input size");
+    assert_eq!(c.len(), k * k, "cross: output size");
+    let partial: Vec<Vec<f32>> = row_split(rows)
+        .par_iter()
+        .map(|&(r0, r1)| {
+            let mut p = vec![0f32; k * k];
+            matmul(
+                MatMut::from_row_major_slice_mut(&mut p, k, k),
+                Accum::Replace,
+                MatRef::from_row_major_slice(&a[r0 * k..r1 * k], r1 - r0, k).transpose(),
+                MatRef::from_row_major_slice(&b[r0 * k..r1 * k], r1 - r0, k),
+                1.0f32,
+                Par::Seq,
+            );
+            p
+        })
+        .collect();
+    for p in partial {
+        c.par_chunks_mut(k).zip(p.par_chunks(k)).for_each(|(x, y)| {
+            x.iter_mut().zip(y).for_each(|(u, v)| *u += v);
+        });
+    }
+}
+
 /// Copies the lower triangle of a row-major `[k, k]` matrix onto its upper triangle.
 pub fn symmetrize_lower<T: Copy>(h: &mut [T], k: usize) {
     for i in 0..k {
@@ -111,6 +138,15 @@ mod tests {
             for o in 0..out {
                 let s: f32 = (0..inp).map(|i| x[r * inp + i] * w[o * inp + i]).sum();
                 assert!((y[r * out + o] - 1.0 - s).abs() < 1e-5);
+            }
+        }
+        let mut c = vec![0.0; inp * inp];
+        let x2: Vec<f32> = x.iter().map(|v| v * 2.0 - 0.5).collect();
+        cross(&mut c, &x, &x2, rows, inp);
+        for i in 0..inp {
+            for j in 0..inp {
+                let s: f32 = (0..rows).map(|r| x[r * inp + i] * x2[r * inp + j]).sum();
+                assert!((c[i * inp + j] - s).abs() < 1e-5, "c[{i},{j}]");
             }
         }
         let mut h = vec![0.0; inp * inp];

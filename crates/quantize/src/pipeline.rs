@@ -4,7 +4,8 @@
 
 use crate::data;
 use crate::gptq::{self, GptqStats, QuantParams, QuantizedLinear};
-use crate::layer::{self, Dims, Hessian, LayerWeights, DOWN, GATE, K, MODULES, O, Q, UP, V};
+use crate::rotate::Rotation;
+use crate::layer::{self, CrossCovariance, Dims, Hessian, LayerWeights, DOWN, GATE, K, MODULES, O, Q, UP, V};
 use crate::store::Store;
 use crate::writer::Writer;
 use anyhow::{bail, Context, Result};
@@ -52,6 +53,13 @@ pub struct Options {
     pub progress_lines: bool,
     /// Keep every module's Hessian and source weight in the report (tests).
     pub keep_hessians: bool,
+    /// Seed of the orthogonal rotations folded into the weights first ([`crate::rotate`]);
+    /// `None` quantizes the weights as they are.
+    pub rotate: Option<u64>,
+    /// Fit each projection to the full-precision model's outputs (GPTAQ's asymmetric
+    /// calibration, [`gptq::fp_target`]) rather than to its own outputs on the quantized
+    /// model's inputs; needs `true_sequential`.
+    pub fp_targets: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -100,6 +108,9 @@ fn check_options(o: &Options, cfg: &LlamaConfig) -> Result<()> {
         if g == 0 || g % 32 != 0 {
             bail!("group size {g} is not supported: use -1 or a positive multiple of 32");
         }
+    }
+    if o.fp_targets && !(o.true_sequential && o.method == Method::Gptq) {
+        bail!("fitting to the full-precision outputs needs GPTQ with true-sequential");
     }
     if cfg.attention_bias || cfg.mlp_bias {
         bail!("models with attention or MLP biases are not supported by the quantizer");
@@ -193,21 +204,32 @@ struct LayerRun<'a> {
     lw: LayerWeights,
     reports: Vec<ModuleReport>,
     quantized: Vec<Option<QuantizedLinear>>,
+    /// With `fp_targets`: the layer's unquantized weights, for the full-precision stream.
+    orig: Option<LayerWeights>,
 }
 
 impl LayerRun<'_> {
     /// Quantizes projections `ms` (sharing the inputs whose Hessian is `h`), replacing their
     /// weights by the dequantized result.
-    fn quantize(&mut self, ms: &[usize], h: Option<&[f64]>) -> Result<()> {
+    /// With `c` (the cross-covariance of the full-precision and quantized inputs), each is
+    /// fitted to the full-precision model's outputs.
+    fn quantize(&mut self, ms: &[usize], h: Option<&[f64]>, c: Option<&[f64]>) -> Result<()> {
         for &m in ms {
             let t = Instant::now();
             let (n, k) = self.d.shape(m);
             let w = &self.lw.lin[m];
             let name = format!("model.layers.{}.{}", self.layer, MODULES[m]);
             let r = gptq::rtn(w, n, k, &self.o.params).with_context(|| name.clone())?;
-            let (q, stats) = match h {
-                Some(h) => gptq::gptq(w, n, k, h, &self.o.params).with_context(|| name.clone())?,
-                None => (r.clone(), GptqStats::default()),
+            let (q, stats) = match (h, c) {
+                (Some(h), Some(c)) => {
+                    let target = gptq::fp_target(w, n, k, h, c, self.o.params.damp)
+                        .with_context(|| name.clone())?;
+                    gptq::gptq(&target, n, k, h, &self.o.params).with_context(|| name.clone())?
+                }
+                (Some(h), None) => {
+                    gptq::gptq(w, n, k, h, &self.o.params).with_context(|| name.clone())?
+                }
+                (None, _) => (r.clone(), GptqStats::default()),
             };
             if stats.retries > 0 {
                 tracing::warn!(
@@ -313,10 +335,17 @@ pub fn quantize_model(o: &Options) -> Result<Summary> {
             format!("{} x {seq}", windows.len()),
         ),
     ];
+    let rot = o.rotate.map(|seed| Rotation::new(d.hidden, seed));
     let mut writer = Writer::new(&o.out, o.max_shard, meta)?;
     let mut x = mk("x")?;
     let mut a = mk("a")?;
     let mut x0 = mk("x0")?;
+    // The full-precision model's residual stream and stage outputs, for `fp_targets`.
+    let mut fp = if o.fp_targets {
+        Some((mk("xf")?, mk("af")?))
+    } else {
+        None
+    };
 
     // Embeddings of the calibration tokens: the first layer's inputs.
     let embed_name = "model.embed_tokens.weight";
@@ -342,6 +371,12 @@ pub fn quantize_model(o: &Options) -> Result<Summary> {
             }
             buf.extend(layer::row_f32(&embed, t as usize)?);
         }
+        if let Some(r) = &rot {
+            buf = r.rotate_rows(&buf);
+        }
+        if let Some((xf, _)) = &mut fp {
+            xf.put(b, buf.clone())?;
+        }
         x.put(b, buf)?;
     }
 
@@ -355,7 +390,10 @@ pub fn quantize_model(o: &Options) -> Result<Summary> {
     for l in 0..n_layers {
         let t0 = Instant::now();
         bar.set_message(format!("layer {l}: reading weights"));
-        let lw = LayerWeights::read(&weights, l, &d)?;
+        let mut lw = LayerWeights::read(&weights, l, &d)?;
+        if let Some(r) = &rot {
+            r.apply(&mut lw, &d, l);
+        }
         let mut run = LayerRun {
             o,
             d: &d,
@@ -363,13 +401,20 @@ pub fn quantize_model(o: &Options) -> Result<Summary> {
             lw,
             reports: Vec::new(),
             quantized: vec![None; 7],
+            orig: None,
         };
         if o.method == Method::Rtn {
             for m in [K, V, Q, O, UP, GATE, DOWN] {
-                run.quantize(&[m], None)?;
+                run.quantize(&[m], None, None)?;
             }
         } else {
-            calibrate_layer(&mut run, &mut x, &mut a, &mut x0, seq, &bar)?;
+            match &mut fp {
+                Some((xf, af)) => {
+                    run.orig = Some(run.lw.clone());
+                    calibrate_layer_fp(&mut run, &mut x, &mut a, xf, af, seq, &bar)?;
+                }
+                None => calibrate_layer(&mut run, &mut x, &mut a, &mut x0, seq, &bar)?,
+            }
         }
         let p = format!("model.layers.{l}");
         for (slot, name) in run.quantized.iter_mut().zip(MODULES) {
@@ -411,11 +456,17 @@ pub fn quantize_model(o: &Options) -> Result<Summary> {
     }
     bar.finish_and_clear();
 
+    if let Some(r) = &rot {
+        write_rotated_ends(&mut writer, &weights, &cfg, r)?;
+    }
     for name in [
         "model.embed_tokens.weight",
         "model.norm.weight",
         "lm_head.weight",
-    ] {
+    ]
+    .into_iter()
+    .filter(|_| rot.is_none())
+    {
         if let Some(t) = weights.tensor(name) {
             let v = t.to_f32_vec()?;
             writer.add_f16(name.to_owned(), t.shape.to_vec(), &v)?;
@@ -429,6 +480,30 @@ pub fn quantize_model(o: &Options) -> Result<Summary> {
     }
     summary.seconds = start.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The rotated model's embedding `E Q`, its head `H diag(g) Q` (untied: the embedding no
+/// longer serves as the head) and a final norm of ones.
+fn write_rotated_ends(
+    writer: &mut Writer,
+    weights: &ModelWeights,
+    cfg: &LlamaConfig,
+    r: &Rotation,
+) -> Result<()> {
+    let h = cfg.hidden_size;
+    let embed = layer::tensor_f32(weights, "model.embed_tokens.weight", &[cfg.vocab_size, h])?;
+    let g = layer::tensor_f32(weights, "model.norm.weight", &[h])?;
+    let head = if weights.contains("lm_head.weight") {
+        layer::tensor_f32(weights, "lm_head.weight", &[cfg.vocab_size, h])?
+    } else {
+        embed.clone()
+    };
+    let shape = vec![cfg.vocab_size, h];
+    writer.add_f16("model.embed_tokens.weight".into(), shape.clone(), &r.rotate_rows(&embed))?;
+    writer.add_f16("lm_head.weight".into(), shape, &r.reader(&head, &g))?;
+    writer.add_f16("model.norm.weight".into(), vec![h], &vec![1.0; h])?;
+    writer.set_config("tie_word_embeddings", serde_json::Value::Bool(false));
+    Ok(())
 }
 
 /// Runs one layer's calibration: Hessians of each subset's inputs, produced by the already
@@ -463,7 +538,7 @@ fn calibrate_layer(
     let seqtl = run.o.true_sequential;
     if seqtl {
         msg("quantizing q/k/v");
-        run.quantize(&[K, V, Q], Some(&h_qkv))?;
+        run.quantize(&[K, V, Q], Some(&h_qkv), None)?;
     }
     // Stage 2: attention outputs (inputs of o_proj).
     msg("o inputs");
@@ -477,7 +552,7 @@ fn calibrate_layer(
     let h_o = h.finish();
     if seqtl {
         msg("quantizing o");
-        run.quantize(&[O], Some(&h_o))?;
+        run.quantize(&[O], Some(&h_o), None)?;
     }
     // Stage 3: residual, then the inputs of gate/up.
     msg("gate/up inputs");
@@ -492,7 +567,7 @@ fn calibrate_layer(
     let h_mlp = h.finish();
     if seqtl {
         msg("quantizing gate/up");
-        run.quantize(&[UP, GATE], Some(&h_mlp))?;
+        run.quantize(&[UP, GATE], Some(&h_mlp), None)?;
     }
     // Stage 4: the inputs of down_proj.
     msg("down inputs");
@@ -506,12 +581,12 @@ fn calibrate_layer(
     let h_down = h.finish();
     msg("quantizing down");
     if seqtl {
-        run.quantize(&[DOWN], Some(&h_down))?;
+        run.quantize(&[DOWN], Some(&h_down), None)?;
     } else {
-        run.quantize(&[K, V, Q], Some(&h_qkv))?;
-        run.quantize(&[O], Some(&h_o))?;
-        run.quantize(&[UP, GATE], Some(&h_mlp))?;
-        run.quantize(&[DOWN], Some(&h_down))?;
+        run.quantize(&[K, V, Q], Some(&h_qkv), None)?;
+        run.quantize(&[O], Some(&h_o), None)?;
+        run.quantize(&[UP, GATE], Some(&h_mlp), None)?;
+        run.quantize(&[DOWN], Some(&h_down), None)?;
         // The layer's outputs come from its quantized weights, from the original inputs.
         for b in 0..nb {
             let mut xb = x0.take(b)?;
@@ -531,6 +606,93 @@ fn calibrate_layer(
         let act = a.take(b)?;
         layer::residual(&mut xb, &act, &run.lw, d, DOWN);
         x.put(b, xb)?;
+    }
+    Ok(())
+}
+
+/// [`calibrate_layer`]'s true-sequential stages with a second stream, the full-precision
+/// model's (`xf` residual, `af` stage outputs, run on `run.orig`): each subset is fitted to
+/// the full-precision outputs (the Hessian from the quantized stream, the cross-covariance
+/// from both).
+fn calibrate_layer_fp(
+    run: &mut LayerRun<'_>,
+    x: &mut Store,
+    a: &mut Store,
+    xf: &mut Store,
+    af: &mut Store,
+    seq: usize,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    let d = run.d;
+    let nb = x.len();
+    let l = run.layer;
+    let msg = |s: &str| bar.set_message(format!("layer {l}: {s}"));
+    let orig = run.orig.take().context("fp targets: the layer's original weights")?;
+    // Stage 1: inputs of q/k/v (the norms are not quantized: the same in both streams).
+    msg("q/k/v inputs");
+    let mut h = Hessian::new(d.hidden);
+    let mut c = CrossCovariance::new(d.hidden);
+    for b in 0..nb {
+        let xn = layer::norm(&x.get(b)?, &run.lw.attn_norm, d.eps);
+        h.add(&xn);
+        c.add(&layer::norm(&xf.get(b)?, &orig.attn_norm, d.eps), &xn);
+    }
+    msg("quantizing q/k/v");
+    run.quantize(&[K, V, Q], Some(&h.finish()), Some(&c.finish()))?;
+    // Stage 2: attention outputs (inputs of o_proj).
+    msg("o inputs");
+    let mut h = Hessian::new(d.heads * d.head_dim);
+    let mut c = CrossCovariance::new(d.heads * d.head_dim);
+    for b in 0..nb {
+        let att = layer::attention(&layer::norm(&x.get(b)?, &run.lw.attn_norm, d.eps), &run.lw, d, seq);
+        let att_f = layer::attention(&layer::norm(&xf.get(b)?, &orig.attn_norm, d.eps), &orig, d, seq);
+        h.add(&att);
+        c.add(&att_f, &att);
+        a.put(b, att)?;
+        af.put(b, att_f)?;
+    }
+    msg("quantizing o");
+    run.quantize(&[O], Some(&h.finish()), Some(&c.finish()))?;
+    // Stage 3: residual, then the inputs of gate/up.
+    msg("gate/up inputs");
+    let mut h = Hessian::new(d.hidden);
+    let mut c = CrossCovariance::new(d.hidden);
+    for b in 0..nb {
+        let mut xb = x.take(b)?;
+        layer::residual(&mut xb, &a.take(b)?, &run.lw, d, O);
+        let mut xfb = xf.take(b)?;
+        layer::residual(&mut xfb, &af.take(b)?, &orig, d, O);
+        let xn = layer::norm(&xb, &run.lw.mlp_norm, d.eps);
+        h.add(&xn);
+        c.add(&layer::norm(&xfb, &orig.mlp_norm, d.eps), &xn);
+        x.put(b, xb)?;
+        xf.put(b, xfb)?;
+    }
+    msg("quantizing gate/up");
+    run.quantize(&[UP, GATE], Some(&h.finish()), Some(&c.finish()))?;
+    // Stage 4: the inputs of down_proj.
+    msg("down inputs");
+    let mut h = Hessian::new(d.inter);
+    let mut c = CrossCovariance::new(d.inter);
+    for b in 0..nb {
+        let act = layer::mlp_act(&layer::norm(&x.get(b)?, &run.lw.mlp_norm, d.eps), &run.lw, d);
+        let act_f = layer::mlp_act(&layer::norm(&xf.get(b)?, &orig.mlp_norm, d.eps), &orig, d);
+        h.add(&act);
+        c.add(&act_f, &act);
+        a.put(b, act)?;
+        af.put(b, act_f)?;
+    }
+    msg("quantizing down");
+    run.quantize(&[DOWN], Some(&h.finish()), Some(&c.finish()))?;
+    // Stage 5: both streams' layer outputs.
+    msg("outputs");
+    for b in 0..nb {
+        let mut xb = x.take(b)?;
+        layer::residual(&mut xb, &a.take(b)?, &run.lw, d, DOWN);
+        x.put(b, xb)?;
+        let mut xfb = xf.take(b)?;
+        layer::residual(&mut xfb, &af.take(b)?, &orig, d, DOWN);
+        xf.put(b, xfb)?;
     }
     Ok(())
 }

@@ -36,6 +36,8 @@ pub struct Writer {
     /// Shards written so far: temporary file and the tensors it holds.
     shards: Vec<(PathBuf, Vec<String>)>,
     total: u64,
+    /// config.json keys that differ from the source model's.
+    config_changes: Vec<(String, serde_json::Value)>,
 }
 
 impl Writer {
@@ -56,6 +58,7 @@ impl Writer {
             pending_bytes: 0,
             shards: Vec::new(),
             total: 0,
+            config_changes: Vec::new(),
         })
     }
 
@@ -122,6 +125,11 @@ impl Writer {
         Ok(())
     }
 
+    /// Sets `key` in the written config.json (the rest comes from the source model's).
+    pub fn set_config(&mut self, key: &str, value: serde_json::Value) {
+        self.config_changes.push((key.to_owned(), value));
+    }
+
     /// Writes the last shard, names the shards (`model.safetensors`, or
     /// `model-0000i-of-0000n.safetensors` with an index), `config.json` with
     /// `quantization_config`, `quantize_config.json`, and copies the tokenizer and generation
@@ -161,6 +169,9 @@ impl Writer {
             .as_object_mut()
             .with_context(|| format!("{}: not a JSON object", cfg_path.display()))?;
         obj.insert("quantization_config".into(), q.clone());
+        for (k, v) in std::mem::take(&mut self.config_changes) {
+            obj.insert(k, v);
+        }
         obj.insert("torch_dtype".into(), "float16".into());
         obj.remove("dtype");
         write_json(&self.dir.join("config.json"), &cfg)?;

@@ -113,6 +113,8 @@ fn options(src: &Path, out: &Path, params: QuantParams) -> Options {
         progress: false,
         progress_lines: false,
         keep_hessians: true,
+        rotate: None,
+        fp_targets: false,
     }
 }
 

@@ -61,6 +61,16 @@ pub struct Args {
     /// outputs of the already quantized ones (`--true-sequential false` to turn off)
     #[arg(long, default_value_t = true, num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     pub true_sequential: bool,
+    /// Fold random orthogonal rotations into the weights first (QuaRot/SpinQuant's
+    /// computational invariance): the same model, easier to quantize. The checkpoint has norm
+    /// weights of one and an untied lm_head
+    #[arg(long)]
+    pub rotate: bool,
+    /// Fit each projection to the full-precision model's outputs rather than to its own
+    /// outputs on the quantized model's inputs (GPTAQ's asymmetric calibration): undoes the
+    /// drift of the earlier quantized layers. Calibration costs about twice as much
+    #[arg(long)]
+    pub fp_targets: bool,
     /// Calibration text: a text file, a JSONL file (`text` field) or a directory of them
     #[arg(long)]
     pub dataset: Option<PathBuf>,
@@ -156,6 +166,8 @@ pub fn run(args: Args) -> Result<()> {
         progress: std::io::stderr().is_terminal(),
         progress_lines: true,
         keep_hessians: false,
+        rotate: args.rotate.then_some(args.seed),
+        fp_targets: args.fp_targets,
     };
     let s = quantize::quantize_model(&opts)?;
     if method == Method::Gptq {
