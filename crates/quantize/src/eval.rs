@@ -24,12 +24,6 @@ fn read_layer(
     for (m, name) in MODULES.iter().enumerate() {
         let (n, k) = d.shape(m);
         let prefix = format!("{p}.{name}");
-        let fp = std::env::var("FPMOD").ok().filter(|m| m.split(',').any(|x| !x.is_empty() && format!("{prefix}.").contains(x)));
-        if fp.is_some() {
-            let src = ModelWeights::open_dir(Path::new(&std::env::var("FPDIR").unwrap()))?;
-            lin.push(layer::tensor_f32(&src, &format!("{prefix}.weight"), &[n, k])?);
-            continue;
-        }
         lin.push(match gptq {
             Some(cfg) if w.contains(&format!("{prefix}.qweight")) => {
                 GptqLinear::read(w, &prefix, cfg, k, n)?
@@ -52,11 +46,6 @@ fn read_layer(
 
 /// Perplexity of `text` under the model in `dir` over at most `max_chunks` chunks of `ctx`.
 pub fn perplexity(dir: &Path, text: &str, ctx: usize, max_chunks: usize) -> Result<(f64, usize)> {
-    let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
-    cfg.validate()?;
-    let gptq = GptqConfig::from_dir(dir)?;
-    let w = ModelWeights::open_dir(dir)?;
-    let d = Dims::from_config(&cfg);
     let tok = tokenizer::Tokenizer::from_hf_dir(dir)
         .with_context(|| format!("loading the tokenizer of {}", dir.display()))?;
     let ids = tok.encode(text, true).context("tokenizing")?;
@@ -70,11 +59,28 @@ pub fn perplexity(dir: &Path, text: &str, ctx: usize, max_chunks: usize) -> Resu
             toks[c * ctx] = b;
         }
     }
+    let (nll, count) = mean_nll(dir, &toks, ctx)?;
+    Ok((nll.exp(), count))
+}
+
+/// Mean negative log-likelihood of `toks` (whole chunks of `ctx`, each already starting with
+/// BOS where the model wants one) under the model in `dir`, the second half of every chunk
+/// scored; and the number of tokens scored.
+pub fn mean_nll(dir: &Path, toks: &[u32], ctx: usize) -> Result<(f64, usize)> {
+    let cfg = LlamaConfig::from_file(&dir.join("config.json"))?;
+    cfg.validate()?;
+    let gptq = GptqConfig::from_dir(dir)?;
+    let w = ModelWeights::open_dir(dir)?;
+    let d = Dims::from_config(&cfg);
+    if ctx < 4 || toks.is_empty() || !toks.len().is_multiple_of(ctx) {
+        bail!("{} tokens are not whole chunks of {ctx}", toks.len());
+    }
+    let chunks = toks.len() / ctx;
     let embed = w
         .tensor("model.embed_tokens.weight")
         .context("tensor 'model.embed_tokens.weight' is missing")?;
     let mut x = Vec::with_capacity(toks.len() * d.hidden);
-    for &t in &toks {
+    for &t in toks {
         x.extend(layer::row_f32(&embed, t as usize)?);
     }
     // Batches of chunks, as in calibration, so that the GEMMs are large.
@@ -132,5 +138,5 @@ pub fn perplexity(dir: &Path, text: &str, ctx: usize, max_chunks: usize) -> Resu
         nll += s;
         count += rows;
     }
-    Ok(((nll / count as f64).exp(), count))
+    Ok((nll / count as f64, count))
 }

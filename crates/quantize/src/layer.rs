@@ -338,7 +338,10 @@ impl CrossCovariance {
         let rows = x.len() / self.k;
         self.part.fill(0.0);
         cross(&mut self.part, x_fp, x, rows, self.k);
-        self.sum.iter_mut().zip(&self.part).for_each(|(s, p)| *s += *p as f64);
+        self.sum
+            .iter_mut()
+            .zip(&self.part)
+            .for_each(|(s, p)| *s += *p as f64);
         self.tokens += rows;
     }
 

@@ -4,8 +4,10 @@
 
 use crate::data;
 use crate::gptq::{self, GptqStats, QuantParams, QuantizedLinear};
+use crate::layer::{
+    self, CrossCovariance, Dims, Hessian, LayerWeights, DOWN, GATE, K, MODULES, O, Q, UP, V,
+};
 use crate::rotate::Rotation;
-use crate::layer::{self, CrossCovariance, Dims, Hessian, LayerWeights, DOWN, GATE, K, MODULES, O, Q, UP, V};
 use crate::store::Store;
 use crate::writer::Writer;
 use anyhow::{bail, Context, Result};
@@ -72,7 +74,8 @@ pub struct ModuleReport {
     pub err: f64,
     pub rtn_err: f64,
     pub seconds: f64,
-    /// With `keep_hessians`: the Hessian and the original weight.
+    /// With `keep_hessians`: the Hessian and the weight GPTQ fitted (the source weight, or its
+    /// full-precision target with `fp_targets`).
     pub hessian: Option<Vec<f64>>,
     pub weight: Option<Vec<f32>>,
 }
@@ -204,8 +207,6 @@ struct LayerRun<'a> {
     lw: LayerWeights,
     reports: Vec<ModuleReport>,
     quantized: Vec<Option<QuantizedLinear>>,
-    /// With `fp_targets`: the layer's unquantized weights, for the full-precision stream.
-    orig: Option<LayerWeights>,
 }
 
 impl LayerRun<'_> {
@@ -220,16 +221,18 @@ impl LayerRun<'_> {
             let w = &self.lw.lin[m];
             let name = format!("model.layers.{}.{}", self.layer, MODULES[m]);
             let r = gptq::rtn(w, n, k, &self.o.params).with_context(|| name.clone())?;
-            let (q, stats) = match (h, c) {
-                (Some(h), Some(c)) => {
-                    let target = gptq::fp_target(w, n, k, h, c, self.o.params.damp)
-                        .with_context(|| name.clone())?;
+            // What GPTQ fits: the weight, or with `c` the full-precision target. Both errors
+            // of the loss table are measured against it.
+            let target = match (h, c) {
+                (Some(h), Some(c)) => gptq::fp_target(w, n, k, h, c, self.o.params.damp)
+                    .with_context(|| name.clone())?,
+                _ => w.clone(),
+            };
+            let (q, stats) = match h {
+                Some(h) => {
                     gptq::gptq(&target, n, k, h, &self.o.params).with_context(|| name.clone())?
                 }
-                (Some(h), None) => {
-                    gptq::gptq(w, n, k, h, &self.o.params).with_context(|| name.clone())?
-                }
-                (None, _) => (r.clone(), GptqStats::default()),
+                None => (r.clone(), GptqStats::default()),
             };
             if stats.retries > 0 {
                 tracing::warn!(
@@ -240,8 +243,8 @@ impl LayerRun<'_> {
             }
             let (err, rtn_err) = match h {
                 Some(h) => (
-                    gptq::quadratic_error_estimate(w, &q.dequant, n, k, h),
-                    gptq::quadratic_error_estimate(w, &r.dequant, n, k, h),
+                    gptq::quadratic_error_estimate(&target, &q.dequant, n, k, h),
+                    gptq::quadratic_error_estimate(&target, &r.dequant, n, k, h),
                 ),
                 None => (0.0, 0.0),
             };
@@ -254,7 +257,7 @@ impl LayerRun<'_> {
                 rtn_err,
                 seconds: t.elapsed().as_secs_f64(),
                 hessian: h.filter(|_| keep).map(|h| h.to_vec()),
-                weight: keep.then(|| w.clone()),
+                weight: keep.then_some(target),
             });
             self.lw.lin[m] = q.dequant.clone();
             self.quantized[m] = Some(q);
@@ -282,7 +285,11 @@ pub fn quantize_model(o: &Options) -> Result<Summary> {
     let per_batch = (4096 / seq).max(1);
     let batches: Vec<&[Vec<u32>]> = windows.chunks(per_batch).collect();
     let tokens = windows.len() * seq;
-    let widths = d.hidden + d.hidden.max(d.inter) + if o.true_sequential { 0 } else { d.hidden };
+    let mut widths =
+        d.hidden + d.hidden.max(d.inter) + if o.true_sequential { 0 } else { d.hidden };
+    if o.fp_targets {
+        widths += d.hidden + d.hidden.max(d.inter);
+    }
     let spilled = (tokens * widths * 4) as u64 > o.max_memory;
     let spill_dir = o.out.join(".calibration-spill");
     let mk = |tag: &str| -> Result<Store> {
@@ -330,6 +337,13 @@ pub fn quantize_model(o: &Options) -> Result<Summary> {
             }
             .to_owned(),
         ),
+        (
+            "gptq_rotation".to_owned(),
+            o.rotate.map_or("none".to_owned(), |seed| {
+                format!("random orthogonal, seed {seed}")
+            }),
+        ),
+        ("gptq_fp_targets".to_owned(), o.fp_targets.to_string()),
         (
             "gptq_calibration_tokens".to_owned(),
             format!("{} x {seq}", windows.len()),
@@ -401,7 +415,6 @@ pub fn quantize_model(o: &Options) -> Result<Summary> {
             lw,
             reports: Vec::new(),
             quantized: vec![None; 7],
-            orig: None,
         };
         if o.method == Method::Rtn {
             for m in [K, V, Q, O, UP, GATE, DOWN] {
@@ -410,8 +423,8 @@ pub fn quantize_model(o: &Options) -> Result<Summary> {
         } else {
             match &mut fp {
                 Some((xf, af)) => {
-                    run.orig = Some(run.lw.clone());
-                    calibrate_layer_fp(&mut run, &mut x, &mut a, xf, af, seq, &bar)?;
+                    let orig = run.lw.clone();
+                    calibrate_layer_fp(&mut run, &orig, &mut x, &mut a, xf, af, seq, &bar)?;
                 }
                 None => calibrate_layer(&mut run, &mut x, &mut a, &mut x0, seq, &bar)?,
             }
@@ -499,7 +512,11 @@ fn write_rotated_ends(
         embed.clone()
     };
     let shape = vec![cfg.vocab_size, h];
-    writer.add_f16("model.embed_tokens.weight".into(), shape.clone(), &r.rotate_rows(&embed))?;
+    writer.add_f16(
+        "model.embed_tokens.weight".into(),
+        shape.clone(),
+        &r.rotate_rows(&embed),
+    )?;
     writer.add_f16("lm_head.weight".into(), shape, &r.reader(&head, &g))?;
     writer.add_f16("model.norm.weight".into(), vec![h], &vec![1.0; h])?;
     writer.set_config("tie_word_embeddings", serde_json::Value::Bool(false));
@@ -611,11 +628,13 @@ fn calibrate_layer(
 }
 
 /// [`calibrate_layer`]'s true-sequential stages with a second stream, the full-precision
-/// model's (`xf` residual, `af` stage outputs, run on `run.orig`): each subset is fitted to
-/// the full-precision outputs (the Hessian from the quantized stream, the cross-covariance
-/// from both).
+/// model's (`xf` residual, `af` stage outputs, through the layer's unquantized weights
+/// `orig`): each subset is fitted to the full-precision outputs (the Hessian from the
+/// quantized stream, the cross-covariance from both).
+#[allow(clippy::too_many_arguments)]
 fn calibrate_layer_fp(
     run: &mut LayerRun<'_>,
+    orig: &LayerWeights,
     x: &mut Store,
     a: &mut Store,
     xf: &mut Store,
@@ -627,7 +646,6 @@ fn calibrate_layer_fp(
     let nb = x.len();
     let l = run.layer;
     let msg = |s: &str| bar.set_message(format!("layer {l}: {s}"));
-    let orig = run.orig.take().context("fp targets: the layer's original weights")?;
     // Stage 1: inputs of q/k/v (the norms are not quantized: the same in both streams).
     msg("q/k/v inputs");
     let mut h = Hessian::new(d.hidden);
@@ -644,8 +662,18 @@ fn calibrate_layer_fp(
     let mut h = Hessian::new(d.heads * d.head_dim);
     let mut c = CrossCovariance::new(d.heads * d.head_dim);
     for b in 0..nb {
-        let att = layer::attention(&layer::norm(&x.get(b)?, &run.lw.attn_norm, d.eps), &run.lw, d, seq);
-        let att_f = layer::attention(&layer::norm(&xf.get(b)?, &orig.attn_norm, d.eps), &orig, d, seq);
+        let att = layer::attention(
+            &layer::norm(&x.get(b)?, &run.lw.attn_norm, d.eps),
+            &run.lw,
+            d,
+            seq,
+        );
+        let att_f = layer::attention(
+            &layer::norm(&xf.get(b)?, &orig.attn_norm, d.eps),
+            orig,
+            d,
+            seq,
+        );
         h.add(&att);
         c.add(&att_f, &att);
         a.put(b, att)?;
@@ -661,7 +689,7 @@ fn calibrate_layer_fp(
         let mut xb = x.take(b)?;
         layer::residual(&mut xb, &a.take(b)?, &run.lw, d, O);
         let mut xfb = xf.take(b)?;
-        layer::residual(&mut xfb, &af.take(b)?, &orig, d, O);
+        layer::residual(&mut xfb, &af.take(b)?, orig, d, O);
         let xn = layer::norm(&xb, &run.lw.mlp_norm, d.eps);
         h.add(&xn);
         c.add(&layer::norm(&xfb, &orig.mlp_norm, d.eps), &xn);
@@ -675,8 +703,12 @@ fn calibrate_layer_fp(
     let mut h = Hessian::new(d.inter);
     let mut c = CrossCovariance::new(d.inter);
     for b in 0..nb {
-        let act = layer::mlp_act(&layer::norm(&x.get(b)?, &run.lw.mlp_norm, d.eps), &run.lw, d);
-        let act_f = layer::mlp_act(&layer::norm(&xf.get(b)?, &orig.mlp_norm, d.eps), &orig, d);
+        let act = layer::mlp_act(
+            &layer::norm(&x.get(b)?, &run.lw.mlp_norm, d.eps),
+            &run.lw,
+            d,
+        );
+        let act_f = layer::mlp_act(&layer::norm(&xf.get(b)?, &orig.mlp_norm, d.eps), orig, d);
         h.add(&act);
         c.add(&act_f, &act);
         a.put(b, act)?;
@@ -691,7 +723,7 @@ fn calibrate_layer_fp(
         layer::residual(&mut xb, &a.take(b)?, &run.lw, d, DOWN);
         x.put(b, xb)?;
         let mut xfb = xf.take(b)?;
-        layer::residual(&mut xfb, &af.take(b)?, &orig, d, DOWN);
+        layer::residual(&mut xfb, &af.take(b)?, orig, d, DOWN);
         xf.put(b, xfb)?;
     }
     Ok(())

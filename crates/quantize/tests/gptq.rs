@@ -2,7 +2,7 @@
 //! Hessian-weighted error of the result, GPTQ beats round-to-nearest on the calibration data,
 //! and the codes, grids and g_idx decode to the weights the algorithm used.
 
-use quantize::gptq::{gptq, quadratic_error, rtn, QuantParams, QuantizedLinear};
+use quantize::gptq::{fp_target, gptq, quadratic_error, rtn, QuantParams, QuantizedLinear};
 
 struct Lcg(u64);
 impl Lcg {
@@ -216,4 +216,76 @@ fn bad_inputs_are_refused_with_the_reason() {
     bad[70] = f32::NAN;
     let e = gptq(&bad, 4, 64, &h, &params(4, None, false, false)).unwrap_err();
     assert!(e.to_string().contains("[1, 6]"), "{e}");
+}
+
+/// `fp_target` solves the least-squares fit of the full-precision outputs `w x_fp` from the
+/// quantized model's inputs `x`, is `w` itself when the inputs agree, and GPTQ of it
+/// reproduces the full-precision outputs better than GPTQ of `w`.
+#[test]
+fn fp_target_fits_the_full_precision_outputs() {
+    let (n, k, t) = (24, 32, 600);
+    let mut r = Lcg(77);
+    // Full-precision inputs, and quantized-model inputs that drifted from them linearly.
+    let scale: Vec<f32> = (0..k).map(|i| 0.3 + (i % 5) as f32 * 0.4).collect();
+    let x_fp: Vec<f32> = (0..t * k).map(|i| r.gauss() * scale[i % k]).collect();
+    let drift: Vec<f32> = (0..k * k)
+        .map(|i| if i / k == i % k { 1.0 } else { 0.0 } + 0.08 * r.gauss())
+        .collect();
+    let x: Vec<f32> = x_fp
+        .chunks_exact(k)
+        .flat_map(|row| (0..k).map(|j| (0..k).map(|i| row[i] * drift[i * k + j]).sum::<f32>()))
+        .collect();
+    let outer = |a: &[f32], b: &[f32]| -> Vec<f64> {
+        let mut m = vec![0f64; k * k];
+        for (ra, rb) in a.chunks_exact(k).zip(b.chunks_exact(k)) {
+            for i in 0..k {
+                for j in 0..k {
+                    m[i * k + j] += 2.0 * ra[i] as f64 * rb[j] as f64 / t as f64;
+                }
+            }
+        }
+        m
+    };
+    let (h, c) = (outer(&x, &x), outer(&x_fp, &x));
+    let w: Vec<f32> = (0..n * k).map(|_| r.gauss() * 0.1).collect();
+
+    assert_eq!(fp_target(&w, n, k, &h, &h, 0.01).unwrap(), w);
+
+    // Nearly undamped: the normal equations `target H = w C` hold.
+    let target = fp_target(&w, n, k, &h, &c, 1e-6).unwrap();
+    let mul = |a: &[f32], m: &[f64]| -> Vec<f64> {
+        (0..n * k)
+            .map(|x| {
+                (0..k)
+                    .map(|i| a[x / k * k + i] as f64 * m[i * k + x % k])
+                    .sum()
+            })
+            .collect()
+    };
+    let (lhs, rhs) = (mul(&target, &h), mul(&w, &c));
+    let scale = rhs.iter().map(|v| v.abs()).fold(0.0, f64::max);
+    for (a, b) in lhs.iter().zip(&rhs) {
+        assert!((a - b).abs() < 1e-3 * scale, "{a} vs {b}");
+    }
+
+    // The full-precision output error of GPTQ's result, fitted to the target or to `w`.
+    let out_err = |q: &[f32]| -> f64 {
+        x_fp.chunks_exact(k)
+            .zip(x.chunks_exact(k))
+            .map(|(rf, rq)| {
+                (0..n)
+                    .map(|o| {
+                        let want: f32 = (0..k).map(|i| w[o * k + i] * rf[i]).sum();
+                        let got: f32 = (0..k).map(|i| q[o * k + i] * rq[i]).sum();
+                        ((want - got) as f64).powi(2)
+                    })
+                    .sum::<f64>()
+            })
+            .sum()
+    };
+    let p = params(4, Some(16), true, false);
+    let fitted = gptq(&fp_target(&w, n, k, &h, &c, p.damp).unwrap(), n, k, &h, &p).unwrap();
+    let plain = gptq(&w, n, k, &h, &p).unwrap();
+    let (e_fit, e_plain) = (out_err(&fitted.0.dequant), out_err(&plain.0.dequant));
+    assert!(e_fit < 0.5 * e_plain, "fitted {e_fit} vs plain {e_plain}");
 }

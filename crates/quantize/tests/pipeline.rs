@@ -293,3 +293,62 @@ fn asymmetric_v2_rtn_and_refusals() {
     }
     let _ = std::fs::remove_dir_all(&again);
 }
+
+/// `rotate`: the written checkpoint is the same model in a rotated basis (norm weights of one,
+/// an untied head): at 8 bits it scores what the source scores, as the unrotated 8-bit file
+/// does. `fp_targets` (with the rotation) writes consistent losses and a close model, and is
+/// refused without true-sequential.
+#[test]
+fn rotated_and_fp_targeted_checkpoints_are_the_same_model() {
+    let src = tmp("src4");
+    tiny_model(&src);
+    let toks: Vec<u32> = windows().concat();
+    let nll = |dir: &Path| quantize::eval::mean_nll(dir, &toks, 32).unwrap().0;
+    let base = nll(&src);
+    let mut gap = Vec::new();
+    for rotate in [None, Some(3)] {
+        let out = tmp(&format!("rot8-{}", rotate.is_some()));
+        let mut o = options(&src, &out, params(8, Some(32), false));
+        o.method = Method::Rtn;
+        o.calibration = None;
+        o.rotate = rotate;
+        quantize_model(&o).unwrap();
+        gap.push((nll(&out) - base).abs());
+        let w = ModelWeights::open_dir(&out).unwrap();
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        let norm = w.tensor("model.layers.1.input_layernorm.weight").unwrap();
+        let ones = norm.to_f32_vec().unwrap().iter().all(|&g| g == 1.0);
+        if rotate.is_some() {
+            assert_eq!(cfg["tie_word_embeddings"], false);
+            assert!(w.contains("lm_head.weight") && ones);
+        } else {
+            assert_eq!(cfg["tie_word_embeddings"], true);
+            assert!(!w.contains("lm_head.weight") && !ones);
+        }
+        std::fs::remove_dir_all(&out).unwrap();
+    }
+    // (The random model's logits are large: its nll is ~27 nats a token.)
+    assert!(
+        gap[0] < 1e-3 * base && gap[1] < 1e-3 * base,
+        "8-bit nll gaps {gap:?} (source {base})"
+    );
+
+    let out = tmp("fp4");
+    let mut o = options(&src, &out, params(4, Some(32), true));
+    o.rotate = Some(3);
+    o.fp_targets = true;
+    let s = quantize_model(&o).unwrap();
+    check_written(&out, &s);
+    let e = (nll(&out) - base).abs();
+    assert!(e < 5e-3 * base, "4-bit nll gap {e} (source {base})");
+    let again = tmp("fp4-again");
+    o.out = again.clone();
+    o.true_sequential = false;
+    let e = quantize_model(&o).unwrap_err().to_string();
+    assert!(e.contains("true-sequential"), "{e}");
+    for d in [&out, &src] {
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
