@@ -732,6 +732,26 @@ mod tests {
                 assert!(err(grid(lo * f, hi * f, &p), j) >= err(shrunk[j], j));
             }
         }
+        // Weighted (GPTQ passes the Hessian diagonal): the least weighted error wins, which
+        // here, with the tails' inputs weighing 100 times more, is a wider grid.
+        let weight: Vec<f32> = (0..rows)
+            .map(|r| if wt[r * n].abs() > 1.0 { 100.0 } else { 1.0 })
+            .collect();
+        let werr = |g: Grid| -> f32 {
+            (0..rows)
+                .map(|r| weight[r] * (quant(wt[r * n], g, 15.0).1 - wt[r * n]).powi(2))
+                .sum()
+        };
+        let mut weighted = [zero; 2];
+        fit_rows_weighted(&wt, n, 0, rows, &p, Some(&weight), &mut weighted);
+        assert!(weighted[0].scale > shrunk[0].scale);
+        let (lo, hi) = (0..rows).fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), r| {
+            (a.min(wt[r * n]), b.max(wt[r * n]))
+        });
+        for i in 0..80 {
+            let f = 1.0 - i as f32 / 100.0;
+            assert!(werr(grid(lo * f, hi * f, &p)) >= werr(weighted[0]));
+        }
     }
 
     #[test]
