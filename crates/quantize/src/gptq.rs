@@ -343,7 +343,11 @@ pub fn fp_target(
         bail!("fp target: sizes do not match a {n} x {k} weight");
     }
     let mean_diag = (0..k).map(|i| h[i * k + i]).sum::<f64>() / k as f64;
-    let lambda = damp.max(1e-6) * mean_diag.max(f64::MIN_POSITIVE);
+    if mean_diag.is_nan() || mean_diag <= 0.0 {
+        // No input ever fired: nothing to fit (GPTQ zeroes the dead inputs).
+        return Ok(w.to_vec());
+    }
+    let lambda = damp.max(1e-6) * mean_diag;
     let hd = Mat::<f64>::from_fn(k, k, |i, j| {
         h[i * k + j] + if i == j { lambda } else { 0.0 }
     });

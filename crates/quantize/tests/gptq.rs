@@ -250,6 +250,9 @@ fn fp_target_fits_the_full_precision_outputs() {
     let w: Vec<f32> = (0..n * k).map(|_| r.gauss() * 0.1).collect();
 
     assert_eq!(fp_target(&w, n, k, &h, &h, 0.01).unwrap(), w);
+    // No input ever fired: nothing to fit.
+    let zero = vec![0f64; k * k];
+    assert_eq!(fp_target(&w, n, k, &zero, &zero, 0.01).unwrap(), w);
 
     // Nearly undamped: the normal equations `target H = w C` hold.
     let target = fp_target(&w, n, k, &h, &c, 1e-6).unwrap();
